@@ -1,0 +1,93 @@
+"""`python -m export build`: load a VAE, write its graphs and manifest, and check them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
+
+from .graphs import DECODER_IO, ENCODER_IO, DecoderGraph, EncoderGraph, export_graph
+from .sources import load_vae
+from .verify import check_graph, sample_image
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' notices (accelerate hints, torchvision ops skipped) out of the build's output."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+
+
+def progress(step: int, total: int, message: str) -> None:
+    print(f"[{step}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+def build(model: str, name: str | None, out: Path, latent_space: str | None, scaling_factor: float | None,
+          tolerance: float) -> Path:
+    started = time.perf_counter()
+    quiet_libraries()
+    progress(1, 5, f"loading {model}")
+    loaded = load_vae(model, scaling_factor)
+    vae = loaded.module
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    channels = int(vae.config.latent_channels)
+    folder = out / (name or loaded.name)
+    out.mkdir(parents=True, exist_ok=True)
+    # Written beside the destination and renamed into place, so a failed build leaves nothing half-made.
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=out))
+    try:
+        encoder, decoder = EncoderGraph(vae).eval(), DecoderGraph(vae).eval()
+        export_image = sample_image(8 * factor, 8 * factor)
+        progress(2, 5, "exporting encoder.onnx")
+        export_graph(encoder, export_image, staging / "encoder.onnx", ENCODER_IO)
+        progress(3, 5, "exporting decoder.onnx")
+        with torch.no_grad():
+            export_graph(decoder, encoder(export_image), staging / "decoder.onnx", DECODER_IO)
+
+        # Another size than the export's, so the check also proves that the sides are dynamic.
+        progress(4, 5, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
+        check_image = sample_image(9 * factor, 11 * factor)
+        with torch.no_grad():
+            check_latent = encoder(check_image)
+        verification = {
+            "tolerance": tolerance,
+            "encoder": check_graph(encoder, staging / "encoder.onnx", ENCODER_IO, check_image, tolerance),
+            "decoder": check_graph(decoder, staging / "decoder.onnx", DECODER_IO, check_latent, tolerance),
+        }
+
+        progress(5, 5, f"writing {folder}")
+        manifest = Manifest(
+            name=folder.name,
+            source=loaded.source,
+            latent_space=latent_space or loaded.latent_space,
+            latent_channels=channels,
+            downsampling_factor=factor,
+            scaling_factor=float(vae.config.scaling_factor),
+            shift_factor=float(vae.config.shift_factor or 0.0),
+            encoder=Graph("encoder.onnx", file_sha256(staging / "encoder.onnx"), *ENCODER_IO),
+            decoder=Graph("decoder.onnx", file_sha256(staging / "decoder.onnx"), *DECODER_IO),
+            verification=verification,
+            versions={package: version(package) for package in
+                      ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
+        )
+        (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        os.chmod(staging, 0o755)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {folder} in {time.perf_counter() - started:.1f} s: latent space {manifest.latent_space}, "
+          f"{channels} channels at 1/{factor}, encoder max diff {verification['encoder']['max_abs_diff']:.2g}, "
+          f"decoder max diff {verification['decoder']['max_abs_diff']:.2g}", file=sys.stderr)
+    return folder

@@ -1,0 +1,234 @@
+"""The `sdlite` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import io
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from PIL import Image
+
+from . import __version__
+from .codec import DEFAULT_QUALITY, Codec
+from .container import METHODS, SdcFile
+from .errors import SdliteError
+from .files import write_atomic
+from .manifest import load_manifest
+from .models import installed_models, models_dir
+
+STDIO = "-"
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="sdlite: a learned image codec on the Stable Diffusion VAE.")
+
+ModelOption = typer.Option(None, "--model", "-m", help="Model folder, or name under the models directory.")
+DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda or auto.")
+OutputOption = typer.Option(None, "--output", "-o",
+                            help="Output file ('-' for stdout), or a directory when there are several inputs.")
+
+
+def fail(message: str) -> None:
+    typer.echo(f"sdlite: error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def read_input(name: str) -> bytes:
+    if name == STDIO:
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as exc:
+        raise SdliteError(f"{name}: {exc.strerror or exc}") from None
+
+
+def write_output(name: Path | str, data: bytes) -> None:
+    if str(name) == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        write_atomic(Path(name), data)
+    except OSError as exc:
+        raise SdliteError(f"{name}: cannot write: {exc.strerror or exc}") from None
+
+
+def output_names(inputs: list[str], output: Optional[str], suffix: str) -> list[str]:
+    """Where each input's result goes: -o for one input, a directory or beside each input for several."""
+    if len(inputs) == 1 and output is not None and not Path(output).is_dir():
+        names = [output]
+    elif len(inputs) == 1 and inputs[0] == STDIO and output is None:
+        names = [STDIO]
+    else:
+        if STDIO in inputs:
+            raise SdliteError("'-' (stdin) can only be used as the only input")
+        if output is not None:
+            if output == STDIO:
+                raise SdliteError("several inputs cannot all be written to stdout: give a directory with -o")
+            Path(output).mkdir(parents=True, exist_ok=True)
+        folder = None if output is None else Path(output)
+        names = [str((folder or Path(name).parent) / (Path(name).stem + suffix)) for name in inputs]
+    for source, target in zip(inputs, names):
+        if source != STDIO and target != STDIO and Path(target).resolve() == Path(source).resolve():
+            raise SdliteError(f"{source}: the output would overwrite the input")
+    return names
+
+
+def run_each(inputs: list[str], outputs: list[str], work: Callable[[str, str], None], label: str) -> None:
+    """Run `work` on each input, report failures one line each, and carry on with the rest."""
+    failures = 0
+    with typer.progressbar(list(zip(inputs, outputs)), label=label, file=sys.stderr,
+                           hidden=len(inputs) == 1) as pairs:
+        for source, target in pairs:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    work(source, target)
+                except SdliteError as exc:
+                    failures += 1
+                    typer.echo(f"\nsdlite: error: {exc}" if len(inputs) > 1 else f"sdlite: error: {exc}", err=True)
+            for warning in caught:
+                typer.echo(f"sdlite: warning: {source}: {warning.message}", err=True)
+    if failures:
+        if len(inputs) > 1:
+            typer.echo(f"sdlite: {failures} of {len(inputs)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def encode(
+    inputs: List[str] = typer.Argument(..., help="Image files ('-' for stdin)."),
+    output: Optional[str] = OutputOption,
+    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q", min=0, max=100,
+                                help="0 (smallest file) to 100 (best picture)."),
+    model: Optional[str] = ModelOption,
+    device: str = DeviceOption,
+) -> None:
+    """Compress images into .sdc files."""
+    try:
+        outputs = output_names(inputs, output, ".sdc")
+        codec = Codec.load(model, device)
+    except SdliteError as exc:
+        fail(str(exc))
+
+    def work(source: str, target: str) -> None:
+        write_output(target, codec.encode(read_input(source), quality=quality))
+
+    run_each(inputs, outputs, work, "encoding")
+
+
+@app.command()
+def decode(
+    inputs: List[str] = typer.Argument(..., help=".sdc files ('-' for stdin)."),
+    output: Optional[str] = OutputOption,
+    model: Optional[str] = ModelOption,
+    device: str = DeviceOption,
+) -> None:
+    """Decompress .sdc files into images (PNG by default; the output's suffix picks the format)."""
+    try:
+        outputs = output_names(inputs, output, ".png")
+        first = read_input(inputs[0]) if inputs[0] == STDIO else None
+        codec = Codec.load(model, device, latent_space=_latent_space_of(first, inputs[0]))
+    except SdliteError as exc:
+        fail(str(exc))
+
+    def work(source: str, target: str) -> None:
+        data = first if source == STDIO else read_input(source)
+        write_output(target, image_bytes(codec.decode(data), target))
+
+    run_each(inputs, outputs, work, "decoding")
+
+
+def _latent_space_of(data: Optional[bytes], name: str) -> Optional[bytes]:
+    """The first input's latent space, to pick among several installed models; None if unreadable."""
+    try:
+        return SdcFile.from_bytes(data if data is not None else read_input(name)).latent_space_id
+    except SdliteError:
+        return None  # the file's own error is reported when it is decoded
+
+
+def image_bytes(image: Image.Image, target: str) -> bytes:
+    suffix = ".png" if target == STDIO else Path(target).suffix.lower()
+    image_format = Image.registered_extensions().get(suffix)
+    if image_format is None:
+        raise SdliteError(f"{target}: unknown image format {suffix!r} (use .png, .webp, .jpg, ...)")
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=image_format)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SdliteError(f"{target}: cannot write {image_format}: {exc}") from None
+    return buffer.getvalue()
+
+
+@app.command()
+def info(files: List[str] = typer.Argument(..., help=".sdc files ('-' for stdin).")) -> None:
+    """Show what is in .sdc files, without decoding them."""
+    spaces = {}
+    for folder in installed_models():
+        try:
+            manifest = load_manifest(folder)
+            spaces.setdefault(manifest.latent_space_id, f"{manifest.latent_space} (model {folder.name})")
+        except SdliteError:
+            continue
+    failures = 0
+    for name in files:
+        try:
+            data = read_input(name)
+            sdc = SdcFile.from_bytes(data)
+        except SdliteError as exc:
+            typer.echo(f"sdlite: error: {exc}", err=True)
+            failures += 1
+            continue
+        channels, latent_height, latent_width = sdc.latent_shape
+        typer.echo(f"{name}:")
+        typer.echo(f"  image          {sdc.width}x{sdc.height}")
+        typer.echo(f"  file size      {len(data)} bytes, {8 * len(data) / (sdc.width * sdc.height):.4f} bits per pixel")
+        typer.echo(f"  latent         {channels} x {latent_height} x {latent_width}")
+        typer.echo(f"  latent space   {sdc.latent_space_id.hex()} {spaces.get(sdc.latent_space_id, '(no installed model)')}")
+        typer.echo(f"  quality        {sdc.quality} (step {sdc.step:.6g})")
+        typer.echo(f"  method         {METHODS[sdc.method]}")
+        typer.echo(f"  payload        {len(sdc.payload)} bytes, model parameters {len(sdc.model_params)} bytes")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List the models installed in the models directory."""
+    found = installed_models()
+    if not found:
+        typer.echo(f"no models in {models_dir()}/ (run `python -m export build`)")
+    for folder in found:
+        try:
+            manifest = load_manifest(folder)
+        except SdliteError as exc:
+            typer.echo(f"{folder.name}: {exc}")
+            continue
+        typer.echo(f"{folder.name}: latent space {manifest.latent_space}, {manifest.latent_channels} channels at "
+                   f"1/{manifest.downsampling_factor}, from {manifest.source}")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"sdlite {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """sdlite: a learned image codec on the Stable Diffusion VAE."""
+
+
+def main() -> None:
+    try:
+        app(prog_name="sdlite")
+    except KeyboardInterrupt:
+        typer.echo("sdlite: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug of ours: still one line for the user, and a way to see more
+        typer.echo(f"sdlite: internal error: {type(exc).__name__}: {exc} (please report it)", err=True)
+        sys.exit(2)

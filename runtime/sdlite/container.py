@@ -1,0 +1,87 @@
+"""The .sdc container: a fixed header, the entropy model's parameters, the payload and a CRC-32.
+
+The layout is specified byte by byte in docs/FORMAT.md; this module is its reference implementation.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .errors import SdliteError
+
+MAGIC = b"\x89SDC"
+VERSION = 1
+METHOD_ADAPTIVE_CATEGORICAL = 0
+METHODS = {METHOD_ADAPTIVE_CATEGORICAL: "uniform step, adaptive categorical range coding"}
+
+# magic, version, method, latent space id, width, height, channels, latent height, latent width, step, quality
+_HEADER = struct.Struct("<4sBB8sIIHHHfB")
+_LENGTH = struct.Struct("<I")
+_CRC = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class SdcFile:
+    latent_space_id: bytes
+    width: int
+    height: int
+    latent_shape: tuple[int, int, int]
+    step: float
+    quality: int
+    model_params: bytes
+    payload: bytes
+    method: int = METHOD_ADAPTIVE_CATEGORICAL
+
+    def to_bytes(self) -> bytes:
+        channels, latent_height, latent_width = self.latent_shape
+        body = _HEADER.pack(
+            MAGIC, VERSION, self.method, self.latent_space_id, self.width, self.height,
+            channels, latent_height, latent_width, self.step, self.quality,
+        )
+        body += _LENGTH.pack(len(self.model_params)) + self.model_params
+        body += _LENGTH.pack(len(self.payload)) + self.payload
+        return body + _CRC.pack(zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SdcFile:
+        data = bytes(data)
+        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+            raise SdliteError("not an .sdc file (wrong magic bytes)")
+        if len(data) < _HEADER.size + 2 * _LENGTH.size + _CRC.size:
+            raise SdliteError("truncated .sdc file: the header is incomplete")
+        (_, version, method, space, width, height, channels, latent_height, latent_width, step, quality) = (
+            _HEADER.unpack_from(data)
+        )
+        if version != VERSION:
+            raise SdliteError(f"unsupported .sdc format version {version} (this sdlite reads version {VERSION})")
+        position = _HEADER.size
+        model_params, position = _read_block(data, position, "entropy model parameters")
+        payload, position = _read_block(data, position, "payload")
+        if len(data) < position + _CRC.size:
+            raise SdliteError("truncated .sdc file: the checksum is missing")
+        if len(data) > position + _CRC.size:
+            raise SdliteError("corrupt .sdc file: unexpected bytes after the checksum")
+        (crc,) = _CRC.unpack_from(data, position)
+        if crc != zlib.crc32(data[:position]):
+            raise SdliteError("corrupt .sdc file: checksum mismatch")
+        if method not in METHODS:
+            raise SdliteError(f"unsupported coding method {method} in .sdc file")
+        if min(width, height, channels, latent_height, latent_width) == 0:
+            raise SdliteError("corrupt .sdc file: an image or latent dimension is zero")
+        if not step > 0 or quality > 100:  # `not >` also refuses NaN
+            raise SdliteError("corrupt .sdc file: invalid quantizer parameters")
+        return cls(space, width, height, (channels, latent_height, latent_width), step, quality,
+                   model_params, payload, method)
+
+
+def _read_block(data: bytes, position: int, what: str) -> tuple[bytes, int]:
+    if len(data) < position + _LENGTH.size:
+        raise SdliteError(f"truncated .sdc file: the {what} length is missing")
+    (length,) = _LENGTH.unpack_from(data, position)
+    start = position + _LENGTH.size
+    if len(data) < start + length:
+        raise SdliteError(f"truncated .sdc file: the {what} is cut short")
+    return data[start : start + length], start + length
+

@@ -1,0 +1,50 @@
+"""onnxruntime sessions for the exported graphs, on the CPU or a CUDA GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import SdliteError
+
+DEVICES = ("cpu", "cuda", "auto")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def providers_for(device: str) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in available:
+            raise SdliteError("--device cuda: this onnxruntime has no CUDA support (install onnxruntime-gpu and a CUDA driver)")
+        return [CUDA, CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise SdliteError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+
+
+class Graph:
+    """One graph, one input, one output: an onnxruntime session made once and reused."""
+
+    def __init__(self, path: Path, device: str, input_name: str, output_name: str):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
+        except SdliteError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
+            raise SdliteError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
+        self.input_name = input_name
+        self.output_name = output_name
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: array})[0]

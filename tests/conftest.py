@@ -1,0 +1,82 @@
+"""Small randomly initialised VAEs, built and exported inside the test session (no network, no shared/)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+# Four blocks give the real 1/8 downsampling; 32 channels keep it fast.
+TINY_CONFIG = dict(
+    block_out_channels=(32, 32, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=32,
+)
+# The Stable Diffusion 1.x VAE architecture at full size.
+SD1_CONFIG = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+)
+
+
+def make_vae(config: dict, seed: int):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**config).eval()
+
+
+def run(*args: str, env: dict | None = None, input: bytes | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=cwd, env={**os.environ, **(env or {})}, input=input,
+                          capture_output=True, timeout=600)
+
+
+def export_model(source: Path, out: Path, *extra: str) -> Path:
+    """Run the real `python -m export build` on a local model and return the folder it wrote."""
+    result = run(sys.executable, "-m", "export", "build", "--model", str(source), "--out", str(out), *extra)
+    assert result.returncode == 0, result.stderr.decode()
+    folders = [p for p in out.iterdir() if (p / "manifest.json").is_file()]
+    assert len(folders) == 1
+    return folders[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-vae") / "tiny"
+    make_vae(TINY_CONFIG, seed=0).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_vae_folder, tmp_path_factory) -> Path:
+    return export_model(tiny_vae_folder, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def other_model(tmp_path_factory) -> Path:
+    """Another random VAE of the same shape: a different latent space."""
+    folder = tmp_path_factory.mktemp("other-vae") / "other"
+    make_vae(TINY_CONFIG, seed=1).save_pretrained(folder)
+    return export_model(folder, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def sd1_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sd1-vae") / "sd1"
+    make_vae(SD1_CONFIG, seed=0).save_pretrained(folder)
+    return export_model(folder, tmp_path_factory.mktemp("models"))
