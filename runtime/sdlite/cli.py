@@ -34,13 +34,17 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def display_name(name: str) -> str:
+    return "stdin" if name == STDIO else name
+
+
 def read_input(name: str) -> bytes:
     if name == STDIO:
         return sys.stdin.buffer.read()
     try:
         return Path(name).read_bytes()
     except OSError as exc:
-        raise SdliteError(f"{name}: {exc.strerror or exc}") from None
+        raise SdliteError(exc.strerror or str(exc)) from None
 
 
 def write_output(name: Path | str, data: bytes) -> None:
@@ -51,7 +55,7 @@ def write_output(name: Path | str, data: bytes) -> None:
     try:
         write_atomic(Path(name), data)
     except OSError as exc:
-        raise SdliteError(f"{name}: cannot write: {exc.strerror or exc}") from None
+        raise SdliteError(f"cannot write {name}: {exc.strerror or exc}") from None
 
 
 def output_names(inputs: list[str], output: Optional[str], suffix: str) -> list[str]:
@@ -87,9 +91,10 @@ def run_each(inputs: list[str], outputs: list[str], work: Callable[[str, str], N
                     work(source, target)
                 except SdliteError as exc:
                     failures += 1
-                    typer.echo(f"\nsdlite: error: {exc}" if len(inputs) > 1 else f"sdlite: error: {exc}", err=True)
+                    newline = "\n" if len(inputs) > 1 else ""  # off the progress bar's line
+                    typer.echo(f"{newline}sdlite: error: {display_name(source)}: {exc}", err=True)
             for warning in caught:
-                typer.echo(f"sdlite: warning: {source}: {warning.message}", err=True)
+                typer.echo(f"sdlite: warning: {display_name(source)}: {warning.message}", err=True)
     if failures:
         if len(inputs) > 1:
             typer.echo(f"sdlite: {failures} of {len(inputs)} files failed", err=True)
@@ -177,7 +182,7 @@ def info(files: List[str] = typer.Argument(..., help=".sdc files ('-' for stdin)
             data = read_input(name)
             sdc = SdcFile.from_bytes(data)
         except SdliteError as exc:
-            typer.echo(f"sdlite: error: {exc}", err=True)
+            typer.echo(f"sdlite: error: {display_name(name)}: {exc}", err=True)
             failures += 1
             continue
         channels, latent_height, latent_width = sdc.latent_shape
@@ -232,3 +237,7 @@ def main() -> None:
     except Exception as exc:  # a bug of ours: still one line for the user, and a way to see more
         typer.echo(f"sdlite: internal error: {type(exc).__name__}: {exc} (please report it)", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

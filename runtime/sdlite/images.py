@@ -19,16 +19,16 @@ def open_image(source: ImageSource) -> Image.Image:
     if isinstance(source, Image.Image):
         image = source
     else:
-        name = "input" if isinstance(source, bytes) else str(source)
+        where = "" if isinstance(source, bytes) else f"{source}: "
         try:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
             image.load()
         except UnidentifiedImageError:
-            raise SdliteError(f"{name}: not an image file that Pillow can read") from None
+            raise SdliteError(f"{where}not an image file that Pillow can read") from None
         except Image.DecompressionBombError as exc:
-            raise SdliteError(f"{name}: {exc}") from None
+            raise SdliteError(f"{where}{exc}") from None
         except (OSError, SyntaxError, ValueError) as exc:
-            raise SdliteError(f"{name}: cannot read image: {exc}") from None
+            raise SdliteError(f"{where}cannot read image: {exc}") from None
     return to_rgb(ImageOps.exif_transpose(image))
 
 

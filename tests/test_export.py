@@ -1,0 +1,66 @@
+"""The export's graphs against torch, and the full Stable Diffusion 1.x architecture end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sdlite
+from sdlite import images
+
+from conftest import SD1_CONFIG, TINY_CONFIG, make_vae
+from pictures import photo
+
+
+def test_manifest_records_what_a_decoder_needs(tiny_model):
+    manifest = json.loads((tiny_model / "manifest.json").read_text())
+    assert manifest["latent_channels"] == 4 and manifest["downsampling_factor"] == 8
+    assert manifest["scaling_factor"] == pytest.approx(0.18215) and manifest["shift_factor"] == 0.0
+    assert manifest["latent_space"].startswith("weights-")
+    for graph in ("encoder", "decoder"):
+        assert len(manifest[graph]["sha256"]) == 64
+        assert manifest["verification"][graph]["max_abs_diff"] <= manifest["verification"][graph]["bound"]
+    assert {"torch", "diffusers", "onnx", "onnxruntime", "sdlite"} <= set(manifest["versions"])
+
+
+def test_onnx_matches_torch_on_an_odd_sized_image(tiny_model):
+    from export.graphs import DecoderGraph, EncoderGraph
+
+    vae = make_vae(TINY_CONFIG, seed=0)  # the same weights as the exported tiny model
+    codec = sdlite.Codec.load(tiny_model)
+    pixels = images.to_array(photo(97, 61), 8)
+    with torch.no_grad():
+        latent = EncoderGraph(vae)(torch.from_numpy(pixels)).numpy()
+        decoded = DecoderGraph(vae)(torch.from_numpy(latent)).numpy()
+    assert np.abs(codec.encoder(pixels) - latent).max() < 1e-4
+    assert np.abs(codec.decoder(latent) - decoded).max() < 1e-4
+
+
+def test_the_encoder_is_deterministic(tiny_model):
+    codec = sdlite.Codec.load(tiny_model)
+    pixels = images.to_array(photo(32, 32), 8)
+    assert np.array_equal(codec.encoder(pixels), codec.encoder(pixels))
+
+
+def test_a_build_that_misses_its_tolerance_fails_and_leaves_no_folder(tiny_vae_folder, tmp_path):
+    import sys
+
+    from conftest import run
+
+    result = run(sys.executable, "-m", "export", "build", "--model", str(tiny_vae_folder), "--out", str(tmp_path),
+                 "--tolerance", "0")
+    assert result.returncode == 1
+    assert "differs from torch" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_size_sd1_architecture_round_trip_at_512(sd1_model):
+    codec = sdlite.Codec.load(sd1_model)
+    manifest = codec.manifest
+    assert (manifest.latent_channels, manifest.downsampling_factor) == (SD1_CONFIG["latent_channels"], 8)
+    data = codec.encode(photo(512, 512), quality=50)
+    assert sdlite.SdcFile.from_bytes(data).latent_shape == (4, 64, 64)
+    assert codec.decode(data).size == (512, 512)
