@@ -15,8 +15,8 @@ import torch
 
 from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 
-from .graphs import DECODER_IO, ENCODER_IO, DecoderGraph, EncoderGraph, export_graph
-from .sources import load_vae
+from .graphs import DECODER_IO, ENCODER_IO, export_graph
+from .sources import load_model
 from .verify import check_graph, sample_image
 
 
@@ -37,16 +37,14 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
     started = time.perf_counter()
     quiet_libraries()
     progress(1, 5, f"loading {model}")
-    loaded = load_vae(model, scaling_factor)
-    vae = loaded.module
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    channels = int(vae.config.latent_channels)
+    loaded = load_model(model, scaling_factor)
+    factor, channels = loaded.downsampling_factor, loaded.latent_channels
     folder = out / (name or loaded.name)
     out.mkdir(parents=True, exist_ok=True)
     # Written beside the destination and renamed into place, so a failed build leaves nothing half-made.
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=out))
     try:
-        encoder, decoder = EncoderGraph(vae).eval(), DecoderGraph(vae).eval()
+        encoder, decoder = loaded.encoder_graph(), loaded.decoder_graph()
         export_image = sample_image(8 * factor, 8 * factor)
         progress(2, 5, "exporting encoder.onnx")
         export_graph(encoder, export_image, staging / "encoder.onnx", ENCODER_IO)
@@ -72,8 +70,8 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             latent_space=latent_space or loaded.latent_space,
             latent_channels=channels,
             downsampling_factor=factor,
-            scaling_factor=float(vae.config.scaling_factor),
-            shift_factor=float(vae.config.shift_factor or 0.0),
+            scaling_factor=loaded.scaling_factor,
+            shift_factor=loaded.shift_factor,
             encoder=Graph("encoder.onnx", file_sha256(staging / "encoder.onnx"), *ENCODER_IO),
             decoder=Graph("decoder.onnx", file_sha256(staging / "decoder.onnx"), *DECODER_IO),
             verification=verification,

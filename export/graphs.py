@@ -1,7 +1,8 @@
 """The two graphs the runtime runs, with pre- and post-processing inside, exported to ONNX.
 
-The encoder takes an image in [0, 1] and gives the posterior mean, shifted and scaled to about unit
-variance; the decoder undoes the scaling and gives the image clamped to [0, 1]. Sides are dynamic.
+Every source model is reduced to a raw encoder (image in [0, 1] -> latent) and a raw decoder (latent ->
+image in about [0, 1]); these wrappers add the latent's shift and scale, so the runtime sees latents of
+about unit variance, and clamp the decoded image. Sides are dynamic.
 """
 
 from __future__ import annotations
@@ -12,34 +13,27 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
 
 ENCODER_IO = ("image", "latent")
 DECODER_IO = ("latent", "image")
 
 
 class EncoderGraph(torch.nn.Module):
-    def __init__(self, vae: AutoencoderKL):
+    def __init__(self, encoder: torch.nn.Module, scale: float, shift: float):
         super().__init__()
-        self.vae = vae
-        self.scale = float(vae.config.scaling_factor)
-        self.shift = float(vae.config.shift_factor or 0.0)
+        self.encoder, self.scale, self.shift = encoder, scale, shift
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        mean = self.vae.encode(image * 2.0 - 1.0).latent_dist.mean  # the mean: deterministic, no sampling
-        return (mean - self.shift) * self.scale
+        return (self.encoder(image) - self.shift) * self.scale
 
 
 class DecoderGraph(torch.nn.Module):
-    def __init__(self, vae: AutoencoderKL):
+    def __init__(self, decoder: torch.nn.Module, scale: float, shift: float):
         super().__init__()
-        self.vae = vae
-        self.scale = float(vae.config.scaling_factor)
-        self.shift = float(vae.config.shift_factor or 0.0)
+        self.decoder, self.scale, self.shift = decoder, scale, shift
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        image = self.vae.decode(latent / self.scale + self.shift).sample
-        return ((image + 1.0) / 2.0).clamp(0.0, 1.0)
+        return self.decoder(latent / self.scale + self.shift).clamp(0.0, 1.0)
 
 
 def export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str]) -> None:

@@ -1,5 +1,9 @@
-"""Loading a VAE from a Hugging Face id, a local diffusers folder, or a single weights file.
+"""Loading an autoencoder from a Hugging Face id, a local folder, or a weights file.
 
+Two families: diffusers' AutoencoderKL (the SD VAEs: a hub id, a diffusers folder, or one
+.safetensors/.ckpt file in diffusers or original SD layout) and the tiny autoencoders (TAESD, TAEF2:
+a folder or file pair `*_encoder.pth` / `*_decoder.pth`). Either way the result is a raw encoder
+(image in [0, 1] -> latent) and a raw decoder (latent -> image in about [0, 1]).
 Weights are read with safetensors or torch.load(weights_only=True): loading never runs pickled code.
 """
 
@@ -18,11 +22,16 @@ from diffusers import AutoencoderKL
 
 from sdlite.errors import SdliteError
 
+from . import tae
+from .graphs import DecoderGraph, EncoderGraph
+
 DEFAULT_MODEL = "stabilityai/sd-vae-ft-mse"
 LDM_DEFAULT_SCALING_FACTOR = 0.18215
 LDM_PREFIXES = ("first_stage_model.", "vae.")
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 HUB_FILES = ["config.json", "diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+TAE_HALVES = ("_encoder", "_decoder")
 
 # Latent spaces shared by several published VAEs: a file made with one decodes with the others.
 KNOWN_LATENT_SPACES = {
@@ -40,31 +49,111 @@ KNOWN_LATENT_SPACES = {
 
 
 @dataclass
-class LoadedVae:
-    module: AutoencoderKL
+class LoadedModel:
+    encoder: torch.nn.Module
+    decoder: torch.nn.Module
+    latent_channels: int
+    downsampling_factor: int
+    scaling_factor: float
+    shift_factor: float
     source: str
     name: str
     latent_space: str
 
+    def encoder_graph(self) -> EncoderGraph:
+        return EncoderGraph(self.encoder, self.scaling_factor, self.shift_factor).eval()
 
-def load_vae(model: str, scaling_factor: float | None = None) -> LoadedVae:
+    def decoder_graph(self) -> DecoderGraph:
+        return DecoderGraph(self.decoder, self.scaling_factor, self.shift_factor).eval()
+
+
+class SdEncoder(torch.nn.Module):
+    """AutoencoderKL's posterior mean (deterministic: no sampling) for an image in [0, 1]."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(image * 2.0 - 1.0).latent_dist.mean
+
+
+class SdDecoder(torch.nn.Module):
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return (self.vae.decode(latent).sample + 1.0) / 2.0
+
+
+def load_model(model: str, scaling_factor: float | None = None) -> LoadedModel:
     path = Path(model).expanduser()
-    if path.is_dir():
-        vae = _from_folder(path)
+    if path.is_dir() and _tae_pair(path) is not None:
+        loaded = _from_tae_pair(*_tae_pair(path), name=path.resolve().name)
+    elif path.is_file() and path.stem.endswith(TAE_HALVES):
+        pair = _tae_pair(path.parent, path.stem[: -len("_encoder")])
+        if pair is None:
+            raise SdliteError(f"{path}: a tiny autoencoder needs both *_encoder and *_decoder weights beside each other")
+        loaded = _from_tae_pair(*pair, name=path.stem[: -len("_encoder")])
+    elif path.is_dir():
         name = path.resolve().parent.name if path.resolve().name == "vae" else path.resolve().name
-        source = str(path.resolve())
+        loaded = from_autoencoder_kl(_from_folder(path), str(path.resolve()), name)
     elif path.is_file():
-        vae = _from_single_file(path)
-        name, source = path.stem, str(path.resolve())
+        loaded = from_autoencoder_kl(_from_single_file(path), str(path.resolve()), path.stem)
     elif HUB_ID.match(model):
-        vae = _from_folder(_fetch_from_hub(model))
-        name, source = model.split("/")[1], model
+        loaded = from_autoencoder_kl(_from_folder(_fetch_from_hub(model)), model, model.split("/")[1],
+                                     KNOWN_LATENT_SPACES.get(model))
     else:
         raise SdliteError(f"--model {model}: no such file or folder, and not a Hugging Face id (owner/name)")
     if scaling_factor is not None:
-        vae.register_to_config(scaling_factor=scaling_factor)
-    latent_space = KNOWN_LATENT_SPACES.get(model) or f"weights-{_weights_digest(vae)}"
-    return LoadedVae(vae.eval(), source, name, latent_space)
+        loaded.scaling_factor = scaling_factor
+    return loaded
+
+
+def from_autoencoder_kl(vae: AutoencoderKL, source: str, name: str, latent_space: str | None = None) -> LoadedModel:
+    vae = vae.eval()
+    return LoadedModel(
+        encoder=SdEncoder(vae),
+        decoder=SdDecoder(vae),
+        latent_channels=int(vae.config.latent_channels),
+        downsampling_factor=2 ** (len(vae.config.block_out_channels) - 1),
+        scaling_factor=float(vae.config.scaling_factor),
+        shift_factor=float(vae.config.shift_factor or 0.0),
+        source=source,
+        name=name,
+        latent_space=latent_space or f"weights-{_weights_digest(vae)}",
+    )
+
+
+def _tae_pair(folder: Path, stem: str = "*") -> tuple[Path, Path] | None:
+    """The one pair of TAE weight files in `folder` whose names share `stem`, if there is one."""
+    for suffix in WEIGHT_SUFFIXES:
+        encoders = sorted(folder.glob(f"{stem}_encoder{suffix}"))
+        if len(encoders) == 1:
+            decoder = encoders[0].with_name(encoders[0].name.replace("_encoder", "_decoder"))
+            if decoder.is_file():
+                return encoders[0], decoder
+    return None
+
+
+def _from_tae_pair(encoder_path: Path, decoder_path: Path, name: str) -> LoadedModel:
+    encoder_state, decoder_state = _read_state_dict(encoder_path), _read_state_dict(decoder_path)
+    try:
+        encoder, decoder = tae.build_encoder(encoder_state), tae.build_decoder(decoder_state)
+    except (RuntimeError, KeyError, ValueError) as exc:  # load_state_dict's mismatch errors
+        raise SdliteError(f"{encoder_path.parent}: not a tiny autoencoder checkpoint ({_first_line(exc)})") from None
+    return LoadedModel(
+        encoder=encoder,
+        decoder=decoder,
+        latent_channels=tae.latent_channels(encoder_state),
+        downsampling_factor=tae.DOWNSAMPLING_FACTOR,
+        scaling_factor=1.0,  # TAE latents come out already scaled
+        shift_factor=0.0,
+        source=str(encoder_path.parent.resolve()),
+        name=name,
+        latent_space=f"weights-{_weights_digest(encoder, decoder)}",
+    )
 
 
 def _from_folder(folder: Path) -> AutoencoderKL:
@@ -131,7 +220,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             state = load_file(path)
-        elif path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        elif path.suffix in WEIGHT_SUFFIXES:
             state = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raise SdliteError(f"{path}: expected a .safetensors or .ckpt weights file")
@@ -179,12 +268,13 @@ def _config_from_diffusers_keys(state: dict[str, torch.Tensor]) -> dict:
     }
 
 
-def _weights_digest(vae: AutoencoderKL) -> str:
+def _weights_digest(*modules: torch.nn.Module) -> str:
     """Names a latent space nobody has named: files from these exact weights only."""
     digest = hashlib.sha256()
-    for key, tensor in sorted(vae.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    for module in modules:
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -27,14 +27,14 @@ def test_manifest_records_what_a_decoder_needs(tiny_model):
 
 
 def test_onnx_matches_torch_on_an_odd_sized_image(tiny_model):
-    from export.graphs import DecoderGraph, EncoderGraph
+    from export.sources import from_autoencoder_kl
 
-    vae = make_vae(TINY_CONFIG, seed=0)  # the same weights as the exported tiny model
+    loaded = from_autoencoder_kl(make_vae(TINY_CONFIG, seed=0), "test", "tiny")  # the exported tiny model's weights
     codec = sdlite.Codec.load(tiny_model)
     pixels = images.to_array(photo(97, 61), 8)
     with torch.no_grad():
-        latent = EncoderGraph(vae)(torch.from_numpy(pixels)).numpy()
-        decoded = DecoderGraph(vae)(torch.from_numpy(latent)).numpy()
+        latent = loaded.encoder_graph()(torch.from_numpy(pixels)).numpy()
+        decoded = loaded.decoder_graph()(torch.from_numpy(latent)).numpy()
     assert np.abs(codec.encoder(pixels) - latent).max() < 1e-4
     assert np.abs(codec.decoder(latent) - decoded).max() < 1e-4
 

@@ -1,0 +1,71 @@
+"""Tiny autoencoders (TAESD, TAEF2) from their original checkpoint layout: random ones made here, and
+the real TAEF2 from ../shared when it is there."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sdlite
+from sdlite import images
+
+from conftest import SHARED, export_model, run
+from pictures import photo, psnr
+
+TAEF2 = SHARED / "models" / "taef2"
+
+
+def save_random_tae(folder, latent_channels: int, pooled: bool, seed: int = 0):
+    from export import tae
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True)
+    torch.save(tae.Encoder(latent_channels, pooled).state_dict(), folder / "tiny_encoder.pth")
+    torch.save(tae.Decoder(latent_channels, pooled).state_dict(), folder / "tiny_decoder.pth")
+    return folder
+
+
+@pytest.mark.parametrize("latent_channels, pooled", [(4, False), (32, True)])
+def test_a_tae_pair_is_detected_exported_and_verified(tmp_path, latent_channels, pooled):
+    source = save_random_tae(tmp_path / "tae", latent_channels, pooled)
+    model = export_model(source, tmp_path / "models")
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert (manifest["latent_channels"], manifest["downsampling_factor"]) == (latent_channels, 8)
+    assert manifest["latent_space"].startswith("weights-")
+    codec = sdlite.Codec.load(model)
+    assert codec.decode(codec.encode(photo(45, 30))).size == (45, 30)
+
+
+def test_one_half_of_a_pair_names_the_whole_pair(tmp_path):
+    source = save_random_tae(tmp_path / "tae", 4, False)
+    model = export_model(source / "tiny_encoder.pth", tmp_path / "models")
+    assert model.name == "tiny"
+
+
+def test_a_lone_half_is_refused_in_one_line(tmp_path):
+    source = save_random_tae(tmp_path / "tae", 4, False)
+    (source / "tiny_decoder.pth").unlink()
+    result = run(sys.executable, "-m", "export", "build", "--model", str(source / "tiny_encoder.pth"),
+                 "--out", str(tmp_path / "models"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr.decode()
+    assert "_decoder" in result.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def taef2_model(tmp_path_factory):
+    if not TAEF2.is_dir():
+        pytest.skip(f"the pretrained TAEF2 weights are not here ({TAEF2})")
+    return export_model(TAEF2, tmp_path_factory.mktemp("models"))
+
+
+def test_pretrained_taef2_round_trip_is_faithful(taef2_model):
+    codec = sdlite.Codec.load(taef2_model)
+    assert (codec.manifest.latent_channels, codec.manifest.downsampling_factor) == (32, 8)
+    image = photo(128, 96)
+    exact = images.from_array(codec.decoder(codec.encoder(images.to_array(image, 8))), 128, 96)
+    assert psnr(exact, image) > 25  # a trained model reproduces the picture; random weights would not
+    assert np.isfinite(psnr(codec.decode(codec.encode(image, quality=90)), image))
