@@ -100,7 +100,7 @@ class AdaptiveCategorical:
             finished = decoder.maybe_exhausted()
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise SdliteError(f"corrupt file: the payload cannot be decoded ({exc})") from None
-        if not finished:  # the header's latent is smaller than what the payload codes
+        if not finished or (payload and not self._coded_channels()):  # the payload codes more than the header says
             raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
         return symbols + self.lowest[:, None, None].astype(np.int32)
 
