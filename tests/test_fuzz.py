@@ -97,3 +97,32 @@ def test_memory_onnxruntime_cannot_get_is_one_clear_line(tiny_model, monkeypatch
     monkeypatch.setattr(codec.decoder, "session", FailingSession())
     with pytest.raises(sdlite.SdliteError, match="not enough memory to run .*decoder.onnx on a 1x4x6x8 input"):
         codec.decode(data)
+
+
+def test_the_user_gets_one_line_per_hostile_file(tiny_model, tmp_path):
+    import sys
+
+    from conftest import run
+
+    codec = sdlite.Codec.load(tiny_model, max_pixels=FUZZ_MAX_PIXELS)
+    mutate = Mutator(make_seeds(codec), np.random.default_rng(7))
+    refused = []
+    while len(refused) < 25:
+        _, data = mutate()
+        if decode_one(codec, data, 10)[0] == "error":
+            refused.append(tmp_path / f"hostile-{len(refused):02d}.sdc")
+            refused[-1].write_bytes(data)
+    sdlite_cli = [sys.executable, "-m", "sdlite.cli"]
+    decode = run(*sdlite_cli, "decode", *map(str, refused), "-o", str(tmp_path / "out"), "--model", str(tiny_model),
+                 "--max-pixels", str(FUZZ_MAX_PIXELS))
+    info = run(*sdlite_cli, "info", *map(str, refused))
+    for result in (decode, info):
+        stderr = result.stderr.decode()
+        assert result.returncode == 1 and "Traceback" not in stderr and "internal error" not in stderr, stderr
+
+    def error_lines(result, path):
+        return [line for line in result.stderr.decode().splitlines() if line.startswith(f"sdlite: error: {path}: ")]
+
+    assert all(len(error_lines(decode, path)) == 1 for path in refused)  # every one refused, in one line
+    assert all(len(error_lines(info, path)) <= 1 for path in refused)  # some have a readable header
+    assert not list((tmp_path / "out").glob("*.png"))
