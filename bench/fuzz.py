@@ -226,7 +226,8 @@ def decode_one(codec: sdlite.Codec, data: bytes, timeout: float) -> tuple[str, s
 
 def error_kind(message: str) -> str:
     """An error message with its numbers and quoted parts blanked, to count errors by kind."""
-    message = re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?|0x[0-9a-f]+|[0-9a-f]{16}", "N", message)
+    message = re.sub(r"[0-9a-f]{16}", "ID", message)
+    message = re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "N", message)
     return re.sub(r"\([^()]{40,}\)$", "(...)", message)
 
 

@@ -29,13 +29,23 @@ def swapped_primaries_profile() -> bytes:
     return bytes(data)
 
 
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims a size in its header: what a decompression bomb looks like before its pixels."""
+def png(width: int, height: int, depth: int = 8, rows: bytes = b"") -> bytes:
+    """An RGB PNG written by hand: Pillow writes no 16-bit RGB, and a bomb is its header alone."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, depth, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    return png(width, height)
+
+
+def sixteen_bit_rgb() -> bytes:
+    pixels = (np.asarray(photo(24, 16), dtype=np.uint16) * 257).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 before each row
+    return png(24, 16, 16, rows)
 
 
 def saved(image: Image.Image, format: str, **options) -> bytes:
@@ -69,6 +79,7 @@ ODD_FILES = {
     "cmyk.jpg": (lambda: saved(photo(24, 16).convert("CMYK"), "JPEG"), (24, 16), ""),
     "cmyk-tiff.tif": (lambda: saved(photo(24, 16).convert("CMYK"), "TIFF"), (24, 16), ""),
     "grey16.png": (sixteen_bit_grey, (30, 20), ""),
+    "rgb48.png": (sixteen_bit_rgb, (24, 16), ""),
     "grey.png": (lambda: saved(photo(24, 16).convert("L"), "PNG"), (24, 16), ""),
     "bilevel.png": (lambda: saved(photo(24, 16).convert("1"), "PNG"), (24, 16), ""),
     "float.tif": (lambda: saved(photo(24, 16).convert("F"), "TIFF"), (24, 16), ""),
