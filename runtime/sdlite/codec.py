@@ -20,8 +20,8 @@ from .models import find_model
 DEFAULT_QUALITY = 50
 # The most pixels an image or a file's header may have (1024 x 1024), checked before anything is
 # allocated for them. A .sdc file of a few bytes can legitimately hold a large flat picture, so this
-# limit is what keeps a hostile one from filling the memory: the SD 1.x VAE's attention needs memory
-# growing with the square of the pixels (about 7 GB at this limit, over 200 GB at 4096 x 4096).
+# limit is what keeps a hostile one from filling the memory: the SD 1.x VAE's attention matrix alone
+# takes 4 * (pixels / 64)^2 bytes, 1 GB at this limit and 275 GB at 4096 x 4096.
 DEFAULT_MAX_PIXELS = 1 << 20
 
 
