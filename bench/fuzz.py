@@ -71,8 +71,9 @@ class Mutator:
         self.weights = weights / weights.sum()
 
     def __call__(self) -> tuple[str, bytes]:
-        index = self.rng.choice(len(self.mutations), p=self.weights)
-        return self.mutations[index][0]()
+        mutation = self.mutations[self.rng.choice(len(self.mutations), p=self.weights)][0]
+        what, data = mutation()
+        return f"{mutation.__name__}: {what}", data
 
     def _seed(self) -> tuple[int, bytes]:
         index = int(self.rng.integers(len(self.seeds)))
@@ -254,7 +255,7 @@ class Report:
 
     def add(self, mutation: str, data: bytes, outcome: str, detail: str, seconds: float) -> None:
         self.outcomes[outcome] += 1
-        self.by_mutation[(mutation.split(" ")[0], outcome)] += 1
+        self.by_mutation[(mutation.split(":")[0], outcome)] += 1
         if outcome == "error":
             self.errors[error_kind(detail)] += 1
         elif outcome != "image":
@@ -269,6 +270,11 @@ class Report:
     def text(self, elapsed: float) -> str:
         lines = [f"inputs tried: {self.total} in {elapsed:.1f} s ({self.total / max(elapsed, 1e-9):.0f} per second)",
                  "outcomes: " + ", ".join(f"{kind} {count}" for kind, count in self.outcomes.most_common())]
+        lines.append("outcomes by mutation:")
+        for family in sorted({family for family, _ in self.by_mutation}):
+            counts = ", ".join(f"{outcome} {count}" for (name, outcome), count in sorted(self.by_mutation.items())
+                               if name == family)
+            lines.append(f"  {family:20s} {counts}")
         lines.append("errors by kind:")
         lines += [f"  {count:7d}  {kind}" for kind, count in self.errors.most_common()]
         seconds, mutation, data = self.slowest
