@@ -5,52 +5,93 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from . import images, quantizer
 from .container import SdcFile
 from .entropy import AdaptiveCategorical
 from .errors import SdliteError
-from .inference import Graph
+from .inference import Graph, resolve_device
 from .manifest import Manifest, load_manifest, verified_graph_path
 from .models import find_model
+from .precision import AUTO, check_precision, choose_graph
+from .tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, choose_tiling, run_tiled
 
 DEFAULT_QUALITY = 50
 MAX_PIXELS = 1 << 28  # what a header may claim before anything is allocated for it
+# What one run of a graph may take (the process's peak RSS, as measured at export) before the image
+# is cut into tiles: leaves room under 4 GB for the picture's own buffers at 4096x4096.
+DEFAULT_MAX_MEMORY = int(2.5 * 2**30)
 
 
 class Codec:
-    """One model's encoder and decoder, loaded once and reused for every image."""
+    """One model's encoder and decoder, loaded once and reused for every image.
 
-    def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu"):
+    `precision` picks the graphs' variant (see precision.py), `max_memory` the bytes one graph run
+    may take before images are cut into tiles, `tile` forces tiles of that many latent cells a side.
+    """
+
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu", precision: str = AUTO,
+                 max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None):
+        check_precision(precision)
+        if tile is not None and tile < 4:
+            raise SdliteError(f"tile of {tile} latent cells is too small: use at least 4")
         self.folder = folder
         self.manifest = manifest
         self.device = device
-        self._encoder: Graph | None = None
-        self._decoder: Graph | None = None
+        self.precision = precision
+        self.max_memory = max_memory
+        self.tile = tile
+        self._graphs: dict[str, tuple[str, Graph, MemoryModel | None]] = {}
 
     @classmethod
-    def load(cls, model: str | os.PathLike | None = None, device: str = "cpu",
-             latent_space: bytes | None = None) -> Codec:
+    def load(cls, model: str | os.PathLike | None = None, device: str = "cpu", latent_space: bytes | None = None,
+             precision: str = AUTO, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None) -> Codec:
         """A codec for a model folder, a model name under the models directory, or the only one installed
         (among several, the one whose latent space id is `latent_space`, when given)."""
         folder = find_model(model, latent_space)
-        return cls(folder, load_manifest(folder), device)
+        return cls(folder, load_manifest(folder), device, precision, max_memory, tile)
+
+    def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None]:
+        if role not in self._graphs:  # made on first use, so decoding never pays for the encoder
+            precision, entry = choose_graph(self.manifest, role, self.precision, resolve_device(self.device))
+            graph = Graph(verified_graph_path(self.folder, entry), self.device, entry.input, entry.output,
+                          sha256=entry.sha256)
+            self._graphs[role] = precision, graph, MemoryModel(*entry.memory) if entry.memory else None
+        return self._graphs[role]
 
     @property
     def encoder(self) -> Graph:
-        if self._encoder is None:  # made on first use, so decoding never pays for the encoder
-            self._encoder = self._graph(self.manifest.encoder)
-        return self._encoder
+        return self._loaded("encoder")[1]
 
     @property
     def decoder(self) -> Graph:
-        if self._decoder is None:
-            self._decoder = self._graph(self.manifest.decoder)
-        return self._decoder
+        return self._loaded("decoder")[1]
 
-    def _graph(self, graph) -> Graph:
-        return Graph(verified_graph_path(self.folder, graph), self.device, graph.input, graph.output)
+    def precision_of(self, role: str) -> str:
+        """The precision that runs as the encoder or decoder (auto resolved)."""
+        return self._loaded(role)[0]
+
+    def tiling(self, role: str, latent_height: int, latent_width: int) -> Tiling | None:
+        """How the encoder or decoder cuts a latent of this size into tiles; None: in one piece."""
+        if self.tile is not None:
+            fits = max(latent_height, latent_width) <= self.tile
+            return None if fits else Tiling(self.tile, min(DEFAULT_OVERLAP, self.tile // 4))
+        memory = self._loaded(role)[2]
+        return None if memory is None else choose_tiling(latent_height, latent_width, memory, self.max_memory)
+
+    def run_encoder(self, pixels: np.ndarray) -> np.ndarray:
+        """The latent (NCHW) of padded pixels (NCHW in [0, 1]), in tiles where it is large."""
+        factor = self.manifest.downsampling_factor
+        tiling = self.tiling("encoder", pixels.shape[2] // factor, pixels.shape[3] // factor)
+        return self.encoder(pixels) if tiling is None else run_tiled(self.encoder, pixels, tiling, factor, 1)
+
+    def run_decoder(self, latent: np.ndarray) -> np.ndarray:
+        """The pixels (NCHW in [0, 1]) of a latent (NCHW), in tiles where it is large."""
+        tiling = self.tiling("decoder", *latent.shape[2:])
+        factor = self.manifest.downsampling_factor
+        return self.decoder(latent) if tiling is None else run_tiled(self.decoder, latent, tiling, 1, factor)
 
     def encode(self, image: images.ImageSource, quality: int = DEFAULT_QUALITY) -> bytes:
         """The .sdc bytes of an image (a PIL image, a path, or an image file's bytes)."""
@@ -59,7 +100,7 @@ class Codec:
         width, height = picture.size
         if width * height > MAX_PIXELS:
             raise SdliteError(f"image of {width}x{height} pixels is larger than the limit of {MAX_PIXELS} pixels")
-        latent = self.encoder(images.to_array(picture, self.manifest.downsampling_factor))[0]
+        latent = self.run_encoder(images.to_array(picture, self.manifest.downsampling_factor))[0]
         levels = quantizer.quantize(latent, step)
         model = AdaptiveCategorical.fit(levels)
         return SdcFile(
@@ -80,7 +121,7 @@ class Codec:
         model = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape[0])
         levels = model.decompress(sdc.payload, sdc.latent_shape)
         latent = quantizer.dequantize(levels, sdc.step)[None]
-        return images.from_array(self.decoder(latent), sdc.width, sdc.height)
+        return images.from_array(self.run_decoder(latent), sdc.width, sdc.height)
 
     def check_compatible(self, sdc: SdcFile) -> None:
         """Refuse a file from another latent space, or one whose sizes do not add up for this model."""

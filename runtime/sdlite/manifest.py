@@ -33,6 +33,36 @@ class Graph:
     sha256: str
     input: str
     output: str
+    # Peak bytes of a run on a square of n latent cells: fixed + linear * n + quadratic * n**2, measured
+    # at export; what tiling plans with. None in manifests from before it was recorded.
+    memory: list[float] | None = None
+    seconds: float | None = None  # per run at the export's check size, on the export machine's CPU
+
+
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+FP32 = "fp32"
+
+
+@dataclass
+class Variant:
+    """The graphs in a lower precision, made at export, with what they cost in quality and gain in time."""
+
+    precision: str
+    devices: list[str]  # where this variant runs
+    encoder: Graph
+    decoder: Graph
+    # PSNR (dB) of the decoded picture against the float32 chain's: "encoder" with this encoder and the
+    # float32 decoder, "decoder" with the float32 encoder and this decoder.
+    psnr_db: dict[str, float]
+    # Nodes kept in float32 because they overflow in this precision.
+    float32_nodes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Variant:
+        data = dict(data)
+        for graph in ("encoder", "decoder"):
+            data[graph] = Graph(**data[graph])
+        return cls(**data)
 
 
 @dataclass
@@ -48,6 +78,7 @@ class Manifest:
     decoder: Graph
     verification: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    variants: list[Variant] = field(default_factory=list)
 
     @property
     def latent_space_id(self) -> bytes:
@@ -67,12 +98,21 @@ class Manifest:
                 raise ValueError("unsupported manifest version")
             for graph in ("encoder", "decoder"):
                 data[graph] = Graph(**data[graph])
+            data["variants"] = [Variant.from_dict(variant) for variant in data.get("variants", [])]
             manifest = cls(**data)
         except (ValueError, TypeError, KeyError) as exc:
             raise SdliteError(f"invalid model manifest: {exc}") from None
         if manifest.latent_channels < 1 or manifest.downsampling_factor < 1:
             raise SdliteError("invalid model manifest: latent_channels and downsampling_factor must be positive")
+        if any(variant.precision not in PRECISIONS for variant in manifest.variants):
+            raise SdliteError(f"invalid model manifest: a variant's precision is not one of {', '.join(PRECISIONS)}")
         return manifest
+
+    def graphs(self, precision: str) -> tuple[Graph, Graph] | None:
+        """The encoder and decoder of one precision, None when the export made no such variant."""
+        if precision == FP32:
+            return self.encoder, self.decoder
+        return next(((v.encoder, v.decoder) for v in self.variants if v.precision == precision), None)
 
 
 def graph_path(folder: Path, graph: Graph) -> Path:
