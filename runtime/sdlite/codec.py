@@ -33,7 +33,7 @@ class Codec:
     """
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu", precision: str = AUTO,
-                 max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None):
+                 max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None, threads: int | None = None):
         check_precision(precision)
         if tile is not None and tile < 4:
             raise SdliteError(f"tile of {tile} latent cells is too small: use at least 4")
@@ -43,21 +43,29 @@ class Codec:
         self.precision = precision
         self.max_memory = max_memory
         self.tile = tile
+        self.threads = threads
         self._graphs: dict[str, tuple[str, Graph, MemoryModel | None]] = {}
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "cpu", latent_space: bytes | None = None,
-             precision: str = AUTO, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None) -> Codec:
+             precision: str = AUTO, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None,
+             threads: int | None = None) -> Codec:
         """A codec for a model folder, a model name under the models directory, or the only one installed
         (among several, the one whose latent space id is `latent_space`, when given)."""
         folder = find_model(model, latent_space)
-        return cls(folder, load_manifest(folder), device, precision, max_memory, tile)
+        return cls(folder, load_manifest(folder), device, precision, max_memory, tile, threads)
+
+    def copy(self, **changes) -> Codec:
+        """A codec with these settings but `changes`, which makes its own sessions (for another process)."""
+        settings = dict(device=self.device, precision=self.precision, max_memory=self.max_memory, tile=self.tile,
+                        threads=self.threads)
+        return Codec(self.folder, self.manifest, **{**settings, **changes})
 
     def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None]:
         if role not in self._graphs:  # made on first use, so decoding never pays for the encoder
             precision, entry = choose_graph(self.manifest, role, self.precision, resolve_device(self.device))
             graph = Graph(verified_graph_path(self.folder, entry), self.device, entry.input, entry.output,
-                          sha256=entry.sha256)
+                          sha256=entry.sha256, threads=self.threads)
             self._graphs[role] = precision, graph, MemoryModel(*entry.memory) if entry.memory else None
         return self._graphs[role]
 

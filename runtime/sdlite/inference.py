@@ -138,11 +138,17 @@ class Graph:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def __call__(self, array: np.ndarray) -> np.ndarray:
+    def __call__(self, array: np.ndarray, release: bool = False) -> np.ndarray:
+        """The graph's output; with `release`, the memory arena gives back what it holds when the run ends
+        (after the last tile of a large picture, so the next network starts from nothing)."""
+        options = None
+        if release:
+            options = ort.RunOptions()
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0" if self.on_cuda else "cpu:0")
         if self.on_cuda:  # the output is made on the GPU and copied back once
             binding = self.session.io_binding()
             binding.bind_cpu_input(self.input_name, np.ascontiguousarray(array))
             binding.bind_output(self.output_name, "cuda")
-            self.session.run_with_iobinding(binding)
+            self.session.run_with_iobinding(binding, options)
             return binding.copy_outputs_to_cpu()[0]
-        return self.session.run([self.output_name], {self.input_name: array})[0]
+        return self.session.run([self.output_name], {self.input_name: array}, options)[0]
