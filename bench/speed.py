@@ -52,24 +52,21 @@ def peak_rss() -> int:
 
 
 def torch_module(case: Case, source: str):
-    """The torch module a case times: the exported graphs' own modules, or diffusers' AutoencoderKL API."""
+    """The torch module a case times: the modules the export wraps into graphs, or diffusers' own
+    AutoencoderKL API for the SD architecture."""
     import torch
 
-    from export.graphs import DecoderGraph, EncoderGraph
     from export.sources import load_model
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    if case.model == "sd1":
+    if case.engine == "diffusers":
         from diffusers import AutoencoderKL
 
-        torch.manual_seed(0)
-        vae = AutoencoderKL(**SD1_CONFIG).eval()
-        if case.engine == "diffusers":
-            scale = vae.config.scaling_factor
-            if case.role == "encoder":
-                return lambda x: vae.encode(x * 2 - 1).latent_dist.mean * scale
-            return lambda z: (vae.decode(z / scale).sample + 1) / 2
-        return (EncoderGraph if case.role == "encoder" else DecoderGraph)(vae)
+        vae = AutoencoderKL.from_pretrained(source).eval()
+        scale = vae.config.scaling_factor
+        if case.role == "encoder":
+            return lambda x: vae.encode(x * 2 - 1).latent_dist.mean * scale
+        return lambda z: ((vae.decode(z / scale).sample + 1) / 2).clamp(0, 1)
     loaded = load_model(source, None)
     return loaded.encoder_graph() if case.role == "encoder" else loaded.decoder_graph()
 
@@ -141,18 +138,24 @@ def pictures() -> dict[str, np.ndarray]:
     return found
 
 
-def ensure_sd1(models: Path) -> Path:
-    """The random-weight full SD 1.x VAE, exported once with its variants."""
-    folder = models / "sd1-random"
-    if not (folder / "manifest.json").is_file():
+def sd1_weights(models: Path) -> Path:
+    """The random-weight full SD 1.x VAE as a diffusers folder (seed 0: the tests' sd1 model too)."""
+    folder = models / "sd1-random-weights"
+    if not (folder / "config.json").is_file():
         import torch
         from diffusers import AutoencoderKL
 
         torch.manual_seed(0)
-        source = models / "sd1-random-weights"
-        AutoencoderKL(**SD1_CONFIG).eval().save_pretrained(source)
-        subprocess.run([sys.executable, "-m", "export", "build", "--model", str(source), "--name", folder.name,
-                        "--out", str(models)], check=True, cwd=ROOT)
+        AutoencoderKL(**SD1_CONFIG).eval().save_pretrained(folder)
+    return folder
+
+
+def ensure_sd1(models: Path) -> Path:
+    """The random-weight full SD 1.x VAE, exported once with its variants."""
+    folder = models / "sd1-random"
+    if not (folder / "manifest.json").is_file():
+        subprocess.run([sys.executable, "-m", "export", "build", "--model", str(sd1_weights(models)),
+                        "--name", folder.name, "--out", str(models)], check=True, cwd=ROOT)
     return folder
 
 
@@ -162,7 +165,7 @@ def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path) -> None:
     from export.precision import psnr
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    models = {"sd1": (sd1 or ensure_sd1(RESULTS / "models"), None)}
+    models = {"sd1": (sd1 or ensure_sd1(RESULTS / "models"), str(sd1_weights(RESULTS / "models")))}
     if taef2 is not None:
         models["taef2"] = (taef2, str(TAEF2))
     peak = numpy_peak_gflops()
