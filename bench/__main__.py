@@ -22,11 +22,12 @@ def speed(
     taef2: Optional[Path] = typer.Option(None, "--taef2", help="Exported TAEF2 model folder, for its speed and cold start."),
     repeats: int = typer.Option(2, "--repeats", min=1, help="Warm runs per case (the best is reported)."),
     out: Path = typer.Option(Path("bench/results/speed.md"), "--out", help="Markdown table to write."),
+    kodak: bool = typer.Option(True, "--kodak/--no-kodak", help="Also time a Kodak photo (768x512)."),
 ) -> None:
     """Encode and decode time, GFLOP/s, peak memory and cold start: sdlite's precisions, torch, diffusers."""
     from .speed import main as run
 
-    run(sd_model, taef2, repeats, out)
+    run(sd_model, taef2, repeats, out, kodak)
 
 
 @app.command()

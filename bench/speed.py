@@ -127,13 +127,13 @@ def flops(case: Case, source: str, shape: tuple[int, ...]) -> float:
     return float(counter.get_total_flops())
 
 
-def pictures() -> dict[str, np.ndarray]:
+def pictures(kodak: bool) -> dict[str, np.ndarray]:
     from sdlite import images
 
     from export.precision import synthetic_picture
 
     found = {"512x512": synthetic_picture(512, seed=0)}
-    if KODAK.is_file():
+    if kodak and KODAK.is_file():
         found[f"kodim23 {KODAK.name}"] = images.to_array(images.open_image(KODAK), 8)
     return found
 
@@ -159,7 +159,7 @@ def ensure_sd1(models: Path) -> Path:
     return folder
 
 
-def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path) -> None:
+def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path, kodak: bool = True) -> None:
     import sdlite
 
     from export.precision import psnr
@@ -182,7 +182,7 @@ def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path) -> None:
             engines = [("sdlite", p) for p in precisions]
             if model == "sd1":
                 engines += [("torch", "fp32"), ("diffusers", "fp32")]
-            for picture, pixels in pictures().items():
+            for picture, pixels in pictures(kodak).items():
                 latent = reference.run_encoder(pixels)
                 inputs = {"encoder": pixels, "decoder": latent}
                 for role in ("encoder", "decoder"):
