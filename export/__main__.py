@@ -11,6 +11,7 @@ import typer
 from sdlite.errors import SdliteError
 
 from .build import build
+from .precision import BUILDERS
 from .sources import DEFAULT_MODEL
 from .verify import DEFAULT_TOLERANCE
 
@@ -36,10 +37,21 @@ def build_command(
                                                    help="Override the VAE's latent scaling factor."),
     tolerance: float = typer.Option(DEFAULT_TOLERANCE, "--tolerance",
                                     help="Largest ONNX-vs-torch difference accepted, relative to the output's range."),
+    precisions: str = typer.Option("int8,fp16", "--precisions",
+                                   help="Lower-precision variants to make beside float32, comma-separated "
+                                        "(int8 for the CPU, fp16 for CUDA), or 'none'."),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration", help="Folder of photos to calibrate int8 and measure quality on (default: "
+                                    "made-up pictures; real photos give truer ranges and figures)."),
 ) -> None:
     """Export a VAE's encoder and decoder, verify them, and write models/<name>/."""
+    chosen = tuple(p for p in precisions.split(",") if p and p != "none")
     try:
-        build(model, name, out, latent_space, scaling_factor, tolerance)
+        if any(p not in BUILDERS for p in chosen):
+            raise SdliteError(f"--precisions {precisions}: choose from {', '.join(BUILDERS)} or none")
+        if calibration is not None and not calibration.is_dir():
+            raise SdliteError(f"--calibration {calibration}: not a folder")
+        build(model, name, out, latent_space, scaling_factor, tolerance, chosen, calibration)
     except SdliteError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None

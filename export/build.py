@@ -13,9 +13,12 @@ from pathlib import Path
 
 import torch
 
+from sdlite.inference import Graph as Runner
 from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
+from .memory import memory_model
+from .precision import build_variant, pictures_for, timed
 from .sources import load_model
 from .verify import check_graph, sample_image
 
@@ -33,10 +36,11 @@ def progress(step: int, total: int, message: str) -> None:
 
 
 def build(model: str, name: str | None, out: Path, latent_space: str | None, scaling_factor: float | None,
-          tolerance: float) -> Path:
+          tolerance: float, precisions: tuple[str, ...] = (), calibration: Path | None = None) -> Path:
     started = time.perf_counter()
     quiet_libraries()
-    progress(1, 5, f"loading {model}")
+    steps = 6 + len(precisions)
+    progress(1, steps, f"loading {model}")
     loaded = load_model(model, scaling_factor)
     factor, channels = loaded.downsampling_factor, loaded.latent_channels
     folder = out / (name or loaded.name)
@@ -46,14 +50,14 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
     try:
         encoder, decoder = loaded.encoder_graph(), loaded.decoder_graph()
         export_image = sample_image(8 * factor, 8 * factor)
-        progress(2, 5, "exporting encoder.onnx")
+        progress(2, steps, "exporting encoder.onnx")
         export_graph(encoder, export_image, staging / "encoder.onnx", ENCODER_IO)
-        progress(3, 5, "exporting decoder.onnx")
+        progress(3, steps, "exporting decoder.onnx")
         with torch.no_grad():
             export_graph(decoder, encoder(export_image), staging / "decoder.onnx", DECODER_IO)
 
         # Another size than the export's, so the check also proves that the sides are dynamic.
-        progress(4, 5, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
+        progress(4, steps, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
         check_image = sample_image(9 * factor, 11 * factor)
         with torch.no_grad():
             check_latent = encoder(check_image)
@@ -63,7 +67,24 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             "decoder": check_graph(decoder, staging / "decoder.onnx", DECODER_IO, check_latent, tolerance),
         }
 
-        progress(5, 5, f"writing {folder}")
+        progress(5, steps, "measuring speed and memory")
+        io_names = {"encoder": ENCODER_IO, "decoder": DECODER_IO}
+        runners = {role: Runner(staging / f"{role}.onnx", "cpu", *io_names[role]) for role in io_names}
+        pictures, check = pictures_for(calibration)
+        graphs = {role: Graph(f"{role}.onnx", file_sha256(staging / f"{role}.onnx"), *io_names[role])
+                  for role in io_names}
+        check_latent, graphs["encoder"].seconds = timed(runners["encoder"], check)
+        _, graphs["decoder"].seconds = timed(runners["decoder"], check_latent)
+        variants = []
+        for step, precision in enumerate(precisions, start=6):
+            progress(step, steps, f"making the {precision} variant")
+            variants.append(build_variant(precision, staging, runners["encoder"], runners["decoder"], io_names,
+                                          pictures, check))
+        for graph in [*graphs.values(), *(v.encoder for v in variants), *(v.decoder for v in variants)]:
+            graph.memory = memory_model(staging / graph.file, graph.input, channels if graph.input == DECODER_IO[0]
+                                        else 3, 1 if graph.input == DECODER_IO[0] else factor)
+
+        progress(steps, steps, f"writing {folder}")
         manifest = Manifest(
             name=folder.name,
             source=loaded.source,
@@ -72,11 +93,12 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             downsampling_factor=factor,
             scaling_factor=loaded.scaling_factor,
             shift_factor=loaded.shift_factor,
-            encoder=Graph("encoder.onnx", file_sha256(staging / "encoder.onnx"), *ENCODER_IO),
-            decoder=Graph("decoder.onnx", file_sha256(staging / "decoder.onnx"), *DECODER_IO),
+            encoder=graphs["encoder"],
+            decoder=graphs["decoder"],
             verification=verification,
             versions={package: version(package) for package in
                       ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
+            variants=variants,
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         os.chmod(staging, 0o755)
@@ -88,4 +110,8 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
     print(f"wrote {folder} in {time.perf_counter() - started:.1f} s: latent space {manifest.latent_space}, "
           f"{channels} channels at 1/{factor}, encoder max diff {verification['encoder']['max_abs_diff']:.2g}, "
           f"decoder max diff {verification['decoder']['max_abs_diff']:.2g}", file=sys.stderr)
+    for variant in variants:
+        print(f"  {variant.precision}: decoded picture at {variant.psnr_db['encoder']:.1f} dB (encoder) and "
+              f"{variant.psnr_db['decoder']:.1f} dB (decoder) against float32; {len(variant.float32_nodes)} nodes "
+              f"kept in float32", file=sys.stderr)
     return folder

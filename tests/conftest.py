@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.speed import SD1_CONFIG  # noqa: F401  (the full-size architecture, shared with the benchmark)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
@@ -21,16 +23,12 @@ TINY_CONFIG = dict(
     latent_channels=4,
     norm_num_groups=32,
 )
-# The Stable Diffusion 1.x VAE architecture at full size.
-SD1_CONFIG = dict(
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=512,
-)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """The optimised-graph cache of sdlite and its subprocesses goes to a temporary folder, not ~/.cache."""
+    os.environ["SDLITE_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
 
 
 def make_vae(config: dict, seed: int):
@@ -72,11 +70,11 @@ def other_model(tmp_path_factory) -> Path:
     """Another random VAE of the same shape: a different latent space."""
     folder = tmp_path_factory.mktemp("other-vae") / "other"
     make_vae(TINY_CONFIG, seed=1).save_pretrained(folder)
-    return export_model(folder, tmp_path_factory.mktemp("models"))
+    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none")
 
 
 @pytest.fixture(scope="session")
 def sd1_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sd1-vae") / "sd1"
     make_vae(SD1_CONFIG, seed=0).save_pretrained(folder)
-    return export_model(folder, tmp_path_factory.mktemp("models"))
+    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none")

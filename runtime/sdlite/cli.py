@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import signal
 import sys
-import warnings
+import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 from PIL import Image
 
 from . import __version__
-from .codec import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, Codec
+from .batch import Work, default_jobs, run_all
+from .codec import DEFAULT_MAX_MEMORY, DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, Codec
 from .container import METHODS, SdcFile
 from .errors import SdliteError
 from .files import write_atomic
 from .manifest import load_manifest
 from .models import installed_models, models_dir
+from .precision import ACCEPTABLE_PSNR_DB, AUTO, CHOICES
 
 STDIO = "-"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,9 +32,19 @@ ModelOption = typer.Option(None, "--model", "-m", help="Model folder, or name un
 DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda or auto.")
 OutputOption = typer.Option(None, "--output", "-o",
                             help="Output file ('-' for stdout), or a directory when there are several inputs.")
+PrecisionOption = typer.Option(AUTO, "--precision",
+                               help=f"{'|'.join(CHOICES)}: the graphs' arithmetic; auto takes the fastest variant "
+                                    f"within {ACCEPTABLE_PSNR_DB:g} dB of float32 on the device.")
+MaxMemoryOption = typer.Option(f"{DEFAULT_MAX_MEMORY / 2**30:g}G", "--max-memory",
+                               help="Memory one network run may use (e.g. 4G, 800M) before images are cut into "
+                                    "overlapping tiles.")
+TileOption = typer.Option(None, "--tile", min=4, help="Tiles of this many latent cells a side (overrides --max-memory).")
 ForceOption = typer.Option(False, "--force", "-f", help="Replace outputs that already exist.")
 MaxPixelsOption = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                help="Refuse images (and files that claim images) with more pixels.")
+JobsOption = typer.Option(0, "--jobs", "-j", min=0,
+                          help="Worker processes for several files (0: one per core, at most one per file).")
+UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
 def fail(message: str) -> None:
@@ -173,6 +186,111 @@ def decode(
     run_each(inputs, outputs, work, "decoding")
 
 
+def parse_size(text: str) -> int:
+    """Bytes from '4G', '800M', '2.5GiB', '1e9'."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1] if number and number[-1] in UNITS else ""
+    try:
+        size = float(number.removesuffix(unit)) * UNITS[unit]
+    except ValueError:
+        raise SdliteError(f"--max-memory {text!r}: give a size such as 4G or 800M") from None
+    if not size > 0:
+        raise SdliteError(f"--max-memory {text!r}: must be more than zero")
+    return int(size)
+
+
+def run_each(codec: Codec, inputs: list[str], outputs: list[str], work: Work, verb: str, jobs: int) -> None:
+    """Run `work` on each input, report failures one line each, carry on with the rest, and sum up."""
+    failures = bytes_in = bytes_out = 0
+    several = len(inputs) > 1
+    started = time.perf_counter()
+    with typer.progressbar(length=len(inputs), label=verb, file=sys.stderr, hidden=not several) as bar:
+        for outcome in run_all(codec, work, list(zip(inputs, outputs)), jobs or default_jobs(len(inputs))):
+            bar.update(1)
+            newline = "\n" if several else ""  # off the progress bar's line
+            if outcome.error is not None:
+                failures += 1
+                typer.echo(f"{newline}sdlite: error: {display_name(outcome.source)}: {outcome.error}", err=True)
+            for warning in outcome.warnings:
+                typer.echo(f"{newline}sdlite: warning: {display_name(outcome.source)}: {warning}", err=True)
+            bytes_in += outcome.bytes_in
+            bytes_out += outcome.bytes_out
+    if several:
+        seconds = time.perf_counter() - started
+        done = len(inputs) - failures
+        typer.echo(f"sdlite: {verb} {done} of {len(inputs)} files, {bytes_in:,} bytes in, {bytes_out:,} bytes out, "
+                   f"{seconds:.1f} s, {done / seconds:.2f} images/s", err=True)
+    if failures:
+        if several:
+            typer.echo(f"sdlite: {failures} of {len(inputs)} files failed", err=True)
+        raise typer.Exit(1)
+
+
+def encode_file(codec: Codec, source: str, target: str, quality: int, force: bool) -> tuple[int, int]:
+    refuse_existing(target, force)  # before the work, not only at the rename
+    data = read_input(source)
+    encoded = codec.encode(data, quality=quality)
+    write_output(target, encoded, force)
+    return len(data), len(encoded)
+
+
+def decode_file(codec: Codec, source: str, target: str, stdin: Optional[bytes], force: bool) -> tuple[int, int]:
+    refuse_existing(target, force)
+    data = stdin if source == STDIO else read_input(source)
+    image = image_bytes(codec.decode(data), target)
+    write_output(target, image, force)
+    return len(data), len(image)
+
+
+@app.command()
+def encode(
+    inputs: List[str] = typer.Argument(..., help="Image files ('-' for stdin)."),
+    output: Optional[str] = OutputOption,
+    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q", min=0, max=100,
+                                help="0 (smallest file) to 100 (best picture)."),
+    model: Optional[str] = ModelOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    max_memory: str = MaxMemoryOption,
+    tile: Optional[int] = TileOption,
+    jobs: int = JobsOption,
+    force: bool = ForceOption,
+    max_pixels: int = MaxPixelsOption,
+) -> None:
+    """Compress images into .sdc files."""
+    try:
+        outputs = output_names(inputs, output, ".sdc")
+        codec = Codec.load(model, device, precision=precision, max_memory=parse_size(max_memory), tile=tile,
+                           max_pixels=max_pixels)
+    except SdliteError as exc:
+        fail(str(exc))
+    run_each(codec, inputs, outputs, functools.partial(encode_file, quality=quality, force=force), "encoded", jobs)
+
+
+@app.command()
+def decode(
+    inputs: List[str] = typer.Argument(..., help=".sdc files ('-' for stdin)."),
+    output: Optional[str] = OutputOption,
+    model: Optional[str] = ModelOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    max_memory: str = MaxMemoryOption,
+    tile: Optional[int] = TileOption,
+    jobs: int = JobsOption,
+    force: bool = ForceOption,
+    max_pixels: int = MaxPixelsOption,
+) -> None:
+    """Decompress .sdc files into images (PNG by default; the output's suffix picks the format)."""
+    try:
+        outputs = output_names(inputs, output, ".png")
+        first = read_input(inputs[0]) if inputs[0] == STDIO else None
+        codec = Codec.load(model, device, latent_space=_latent_space_of(first, inputs[0]), precision=precision,
+                           max_memory=parse_size(max_memory), tile=tile, max_pixels=max_pixels)
+    except SdliteError as exc:
+        fail(str(exc))
+    run_each(codec, inputs, outputs, functools.partial(decode_file, stdin=first, force=force), "decoded", jobs)
+
+
 def _latent_space_of(data: Optional[bytes], name: str) -> Optional[bytes]:
     """The first input's latent space, to pick among several installed models; None if unreadable."""
     try:
@@ -197,11 +315,12 @@ def image_bytes(image: Image.Image, target: str) -> bytes:
 @app.command()
 def info(files: List[str] = typer.Argument(..., help=".sdc files ('-' for stdin).")) -> None:
     """Show what is in .sdc files, without decoding them."""
-    spaces = {}
+    spaces, precisions = {}, {}
     for folder in installed_models():
         try:
             manifest = load_manifest(folder)
             spaces.setdefault(manifest.latent_space_id, f"{manifest.latent_space} (model {folder.name})")
+            precisions.setdefault(manifest.latent_space_id, precision_summary(manifest))
         except SdliteError:
             continue
     failures = 0
@@ -219,6 +338,8 @@ def info(files: List[str] = typer.Argument(..., help=".sdc files ('-' for stdin)
         typer.echo(f"  file size      {len(data)} bytes, {8 * len(data) / (sdc.width * sdc.height):.4f} bits per pixel")
         typer.echo(f"  latent         {channels} x {latent_height} x {latent_width}")
         typer.echo(f"  latent space   {sdc.latent_space_id.hex()} {spaces.get(sdc.latent_space_id, '(no installed model)')}")
+        if sdc.latent_space_id in precisions:
+            typer.echo(f"  precisions     {precisions[sdc.latent_space_id]}")
         typer.echo(f"  quality        {sdc.quality} (step {sdc.step:.6g})")
         typer.echo(f"  method         {METHODS[sdc.method]}")
         typer.echo(f"  payload        {len(sdc.payload)} bytes, model parameters {len(sdc.model_params)} bytes")
@@ -240,6 +361,14 @@ def models() -> None:
             continue
         typer.echo(f"{folder.name}: latent space {manifest.latent_space}, {manifest.latent_channels} channels at "
                    f"1/{manifest.downsampling_factor}, from {manifest.source}")
+        typer.echo(f"  precisions: {precision_summary(manifest)}")
+
+
+def precision_summary(manifest) -> str:
+    """The model's precisions, each variant with its device and PSNR against float32's decoded picture."""
+    variants = [f"{v.precision} for {'/'.join(v.devices)} (encoder {v.psnr_db['encoder']:.1f} dB, "
+                f"decoder {v.psnr_db['decoder']:.1f} dB)" for v in manifest.variants]
+    return ", ".join(["fp32", *variants])
 
 
 def version_callback(value: bool) -> None:

@@ -13,63 +13,111 @@ from . import images, quantizer
 from .container import SdcFile
 from .entropy import AdaptiveCategorical
 from .errors import SdliteError
-from .inference import Graph
+from .inference import Graph, resolve_device
 from .manifest import Manifest, load_manifest, verified_graph_bytes
 from .models import find_model
+from .precision import AUTO, check_precision, choose_graph
+from .tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, choose_tiling, run_tiled
 
 DEFAULT_QUALITY = 50
-# The most pixels an image or a file's header may have (1024 x 1024), checked before anything is
+# The most pixels an image or a file's header may have (4096 x 4096), checked before anything is
 # allocated for them. A .sdc file of a few bytes can legitimately hold a large flat picture, so this
-# limit is what keeps a hostile one from filling the memory: the SD 1.x VAE's attention matrix alone
-# takes 4 * (pixels / 64)^2 bytes, 1 GB at this limit and 275 GB at 4096 x 4096.
-DEFAULT_MAX_PIXELS = 1 << 20
+# limit is what keeps a hostile one from filling the memory or the hours: tiling bounds the networks'
+# memory (max_memory), but the picture's own buffers and the time still grow with its pixels.
+DEFAULT_MAX_PIXELS = 1 << 24
+# What one run of a graph may take (the process's peak RSS, as measured at export) before the image
+# is cut into tiles: leaves room under 4 GB for the picture's own buffers at 4096x4096.
+DEFAULT_MAX_MEMORY = int(2.5 * 2**30)
 
 
 class Codec:
-    """One model's encoder and decoder, loaded once and reused for every image; safe to share between threads."""
+    """One model's encoder and decoder, loaded once and reused for every image; safe to share between threads.
 
-    def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None):
+    `precision` picks the graphs' variant (see precision.py), `max_memory` the bytes one graph run
+    may take before images are cut into tiles, `tile` forces tiles of that many latent cells a side,
+    `max_pixels` is the largest picture accepted, `threads` onnxruntime's intra-op threads (None: the
+    cores available); the files written do not depend on the threads.
+    """
+
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu", precision: str = AUTO,
+                 max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None, threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        check_precision(precision)
+        if tile is not None and tile < 4:
+            raise SdliteError(f"tile of {tile} latent cells is too small: use at least 4")
         self.folder = folder
         self.manifest = manifest
         self.device = device
-        self.max_pixels = max_pixels
+        self.precision = precision
+        self.max_memory = max_memory
+        self.tile = tile
         self.threads = threads
-        self._graphs: dict[str, Graph] = {}
+        self.max_pixels = max_pixels
+        self._graphs: dict[str, tuple[str, Graph, MemoryModel | None]] = {}
         self._graphs_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str | os.PathLike | None = None, device: str = "cpu",
-             latent_space: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-             threads: int | None = None) -> Codec:
+    def load(cls, model: str | os.PathLike | None = None, device: str = "cpu", latent_space: bytes | None = None,
+             precision: str = AUTO, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None,
+             threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
         """A codec for a model folder, a model name under the models directory, or the only one installed
-        (among several, the one whose latent space id is `latent_space`, when given). `threads` sets
-        onnxruntime's intra-op threads (None: its default); the files written do not depend on it."""
+        (among several, the one whose latent space id is `latent_space`, when given)."""
         folder = find_model(model, latent_space)
-        return cls(folder, load_manifest(folder), device, max_pixels, threads)
+        return cls(folder, load_manifest(folder), device, precision, max_memory, tile, threads, max_pixels)
+
+    def copy(self, **changes) -> Codec:
+        """A codec with these settings but `changes`, which makes its own sessions (for another process)."""
+        settings = dict(device=self.device, precision=self.precision, max_memory=self.max_memory, tile=self.tile,
+                        threads=self.threads, max_pixels=self.max_pixels)
+        return Codec(self.folder, self.manifest, **{**settings, **changes})
+
+    def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None]:
+        with self._graphs_lock:  # two threads' first calls must not both load the graph
+            if role not in self._graphs:  # made on first use, so decoding never pays for the encoder
+                precision, entry = choose_graph(self.manifest, role, self.precision, resolve_device(self.device))
+                graph = Graph(verified_graph_bytes(self.folder, entry), self.device, entry.input, entry.output,
+                              sha256=entry.sha256, threads=self.threads, label=f"{self.folder / entry.file}")
+                self._graphs[role] = precision, graph, MemoryModel(*entry.memory) if entry.memory else None
+            return self._graphs[role]
 
     @property
     def encoder(self) -> Graph:
-        return self._graph("encoder")  # made on first use, so decoding never pays for the encoder
+        return self._loaded("encoder")[1]
 
     @property
     def decoder(self) -> Graph:
-        return self._graph("decoder")
+        return self._loaded("decoder")[1]
 
-    def _graph(self, which: str) -> Graph:
-        with self._graphs_lock:  # two threads' first calls must not both load the graph
-            if which not in self._graphs:
-                graph = getattr(self.manifest, which)
-                self._graphs[which] = Graph(verified_graph_bytes(self.folder, graph), self.device, graph.input,
-                                            graph.output, self.threads, label=f"{self.folder / graph.file}")
-            return self._graphs[which]
+    def precision_of(self, role: str) -> str:
+        """The precision that runs as the encoder or decoder (auto resolved)."""
+        return self._loaded(role)[0]
+
+    def tiling(self, role: str, latent_height: int, latent_width: int) -> Tiling | None:
+        """How the encoder or decoder cuts a latent of this size into tiles; None: in one piece."""
+        if self.tile is not None:
+            fits = max(latent_height, latent_width) <= self.tile
+            return None if fits else Tiling(self.tile, min(DEFAULT_OVERLAP, self.tile // 4))
+        memory = self._loaded(role)[2]
+        return None if memory is None else choose_tiling(latent_height, latent_width, memory, self.max_memory)
+
+    def run_encoder(self, pixels: np.ndarray) -> np.ndarray:
+        """The latent (NCHW) of padded pixels (NCHW in [0, 1]), in tiles where it is large."""
+        factor = self.manifest.downsampling_factor
+        tiling = self.tiling("encoder", pixels.shape[2] // factor, pixels.shape[3] // factor)
+        return self.encoder(pixels) if tiling is None else run_tiled(self.encoder, pixels, tiling, factor, 1)
+
+    def run_decoder(self, latent: np.ndarray) -> np.ndarray:
+        """The pixels (NCHW in [0, 1]) of a latent (NCHW), in tiles where it is large."""
+        tiling = self.tiling("decoder", *latent.shape[2:])
+        factor = self.manifest.downsampling_factor
+        return self.decoder(latent) if tiling is None else run_tiled(self.decoder, latent, tiling, 1, factor)
 
     def encode(self, image: images.ImageSource, quality: int = DEFAULT_QUALITY) -> bytes:
         """The .sdc bytes of an image (a PIL image, a path, or an image file's bytes)."""
         step = quantizer.step_for_quality(quality)
         picture = images.open_image(image, self.max_pixels)
         width, height = picture.size
-        latent = self.encoder(images.to_array(picture, self.manifest.downsampling_factor))[0]
+        latent = self.run_encoder(images.to_array(picture, self.manifest.downsampling_factor))[0]
         levels = quantizer.quantize(latent, step)
         model = AdaptiveCategorical.fit(levels)
         return SdcFile(
@@ -87,7 +135,7 @@ class Codec:
         """The image stored in .sdc bytes, at its original size."""
         sdc = SdcFile.from_bytes(data)
         latent = self.decode_latent(sdc)
-        return images.from_array(self.decoder(latent[None]), sdc.width, sdc.height)
+        return images.from_array(self.run_decoder(latent[None]), sdc.width, sdc.height)
 
     def decode_latent(self, data: bytes | SdcFile) -> np.ndarray:
         """The dequantized latent (channels, height, width) stored in .sdc bytes. It is computed from

@@ -100,14 +100,19 @@ def padded_size(width: int, height: int, factor: int) -> tuple[int, int]:
 
 def to_array(image: Image.Image, factor: int) -> np.ndarray:
     """NCHW float32 in [0, 1], its sides padded up to multiples of `factor` by repeating the edges."""
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
     width, height = image.size
     padded_width, padded_height = padded_size(width, height, factor)
-    pixels = np.pad(pixels, ((0, padded_height - height), (0, padded_width - width), (0, 0)), mode="edge")
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+    # Padded and transposed while still 8-bit, so a large picture is held in float32 only once.
+    pixels = np.pad(np.asarray(image), ((0, padded_height - height), (0, padded_width - width), (0, 0)), mode="edge")
+    array = pixels.transpose(2, 0, 1)[None].astype(np.float32, order="C")
+    array /= 255.0
+    return array
 
 
 def from_array(array: np.ndarray, width: int, height: int) -> Image.Image:
     """The decoder's NCHW output in [0, 1], cropped back to the image's own size."""
-    pixels = np.nan_to_num(array[0, :, :height, :width].transpose(1, 2, 0), nan=0.0)
-    return Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8), "RGB")
+    pixels = array[0, :, :height, :width].transpose(1, 2, 0) * 255.0  # the one float copy, then worked in place
+    np.nan_to_num(pixels, copy=False, nan=0.0)
+    np.rint(pixels, out=pixels)
+    np.clip(pixels, 0, 255, out=pixels)
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")

@@ -1,7 +1,15 @@
-"""onnxruntime sessions for the exported graphs, on the CPU or a CUDA GPU."""
+"""onnxruntime sessions for the exported graphs, on the CPU or a CUDA GPU.
+
+A session is made once per graph and reused. Its optimised graph is cached on disk (keyed by the
+graph's sha256, the onnxruntime version, the providers and the CPU), so the second start of a
+process skips onnxruntime's graph optimisation. Threads follow the cores this process may use.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +20,7 @@ from .errors import SdliteError
 DEVICES = ("cpu", "cuda", "auto")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+CACHE_DIR_ENV = "SDLITE_CACHE_DIR"
 
 
 def providers_for(device: str) -> list[str]:
@@ -27,39 +36,129 @@ def providers_for(device: str) -> list[str]:
     raise SdliteError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
 
 
+def resolve_device(device: str) -> str:
+    """cpu or cuda: where `device` runs the graphs."""
+    return "cuda" if providers_for(device)[0] == CUDA else "cpu"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sdlite"
+
+
+def _cpu_identity() -> str:
+    """What the optimised graph depends on besides the graph: onnxruntime lays convolutions out for
+    the CPU's vector width, so a cache must not travel to another kind of CPU."""
+    identity = platform.machine() + platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            identity += next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return identity
+
+
+def cached_graph_path(sha256: str, providers: list[str]) -> Path:
+    key = hashlib.sha256(f"{sha256} {ort.__version__} {providers} {_cpu_identity()}".encode()).hexdigest()[:24]
+    return cache_dir() / f"{key}.onnx"
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1  # the graphs are one chain of convolutions: nothing runs beside it
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 class Graph:
     """One graph, one input, one output: an onnxruntime session made once and reused."""
 
     def __init__(self, model: Path | bytes, device: str, input_name: str, output_name: str,
-                 threads: int | None = None, label: str | None = None):
+                 sha256: str | None = None, threads: int | None = None, label: str | None = None):
         """`model` is a file, or the graph's bytes: what was checked is then exactly what runs, and an
-        ONNX external-data reference cannot make onnxruntime read files from elsewhere."""
-        self.label = label or ("the graph" if isinstance(model, bytes) else str(model))
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                                providers=providers_for(device))
-        except SdliteError:
-            raise
-        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
-            raise SdliteError(f"cannot load {self.label}: {str(exc).splitlines()[0]}") from None
+        ONNX external-data reference cannot make onnxruntime read files from elsewhere. With `sha256`
+        (of those bytes) the optimised graph is cached under it."""
+        providers = providers_for(device)
+        self.path = None if isinstance(model, bytes) else Path(model)
+        self.label = label or str(self.path or "the graph")
         self.input_name = input_name
         self.output_name = output_name
+        self.session = self._cached_session(model, providers, sha256, threads) if sha256 else None
+        if self.session is None:
+            self.session = self._session(model, session_options(threads), providers)
+        self.on_cuda = self.session.get_providers()[0] == CUDA
+
+    def _session(self, model: Path | bytes, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
+            raise SdliteError(f"cannot load {self.label}: {str(exc).splitlines()[0]}") from None
+
+    def _cached_session(self, model: Path | bytes, providers: list[str], sha256: str,
+                        threads: int | None) -> ort.InferenceSession | None:
+        """A session from the cached optimised graph, made and cached first if there is none; None when
+        the cache cannot be used (a read-only home, say), so the caller optimises in memory instead."""
+        cached = cached_graph_path(sha256, providers)
+        if cached.is_file():
+            options = session_options(threads)
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
+            try:
+                return ort.InferenceSession(str(cached), options, providers=providers)
+            except Exception:  # a stale or damaged cache entry: made again below
+                cached.unlink(missing_ok=True)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return None
+        if not os.access(cached.parent, os.W_OK):
+            return None
+        staging = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        options = session_options(threads)
+        options.optimized_model_filepath = str(staging)
+        try:
+            session = self._session(model, options, providers)
+            os.replace(staging, cached)  # whole or not at all, even with several processes starting at once
+            return session
+        except OSError:
+            return None
+        finally:
+            staging.unlink(missing_ok=True)
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def __call__(self, array: np.ndarray) -> np.ndarray:
+    def __call__(self, array: np.ndarray, release: bool = False) -> np.ndarray:
+        """The graph's output; with `release`, the memory arena gives back what it holds when the run ends
+        (after the last tile of a large picture, so the next network starts from nothing)."""
+        options = None
+        if release:
+            options = ort.RunOptions()
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0" if self.on_cuda else "cpu:0")
         try:
-            return self.session.run([self.output_name], {self.input_name: array})[0]
+            if self.on_cuda:  # the output is made on the GPU and copied back once
+                binding = self.session.io_binding()
+                binding.bind_cpu_input(self.input_name, np.ascontiguousarray(array))
+                binding.bind_output(self.output_name, "cuda")
+                self.session.run_with_iobinding(binding, options)
+                return binding.copy_outputs_to_cpu()[0]
+            return self.session.run([self.output_name], {self.input_name: array}, options)[0]
         except Exception as exc:  # onnxruntime's untyped errors: above all, memory it could not get
             message = str(exc).splitlines()[0]
             if "Failed to allocate memory" in message:
                 shape = "x".join(map(str, array.shape))
                 raise SdliteError(f"not enough memory to run {self.label} on a {shape} input "
-                                  f"(lower --max-pixels or use a smaller picture)") from None
+                                  f"(lower --max-pixels or --max-memory, or use a smaller picture)") from None
             raise SdliteError(f"{self.label} failed: {message}") from None

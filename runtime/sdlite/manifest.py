@@ -37,6 +37,36 @@ class Graph:
     sha256: str
     input: str
     output: str
+    # Peak bytes of a run on a square of n latent cells: fixed + linear * n + quadratic * n**2, measured
+    # at export; what tiling plans with. None in manifests from before it was recorded.
+    memory: list[float] | None = None
+    seconds: float | None = None  # per run at the export's check size, on the export machine's CPU
+
+
+PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+FP32 = "fp32"
+
+
+@dataclass
+class Variant:
+    """The graphs in a lower precision, made at export, with what they cost in quality and gain in time."""
+
+    precision: str
+    devices: list[str]  # where this variant runs
+    encoder: Graph
+    decoder: Graph
+    # PSNR (dB) of the decoded picture against the float32 chain's: "encoder" with this encoder and the
+    # float32 decoder, "decoder" with the float32 encoder and this decoder.
+    psnr_db: dict[str, float]
+    # Nodes kept in float32 because they overflow in this precision.
+    float32_nodes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Variant:
+        data = dict(data)
+        for graph in ("encoder", "decoder"):
+            data[graph] = Graph(**data[graph])
+        return cls(**data)
 
 
 @dataclass
@@ -52,6 +82,7 @@ class Manifest:
     decoder: Graph
     verification: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    variants: list[Variant] = field(default_factory=list)
 
     @property
     def latent_space_id(self) -> bytes:
@@ -73,6 +104,7 @@ class Manifest:
                 if not isinstance(data.get(graph), dict):
                     raise ValueError(f"{graph} is not described")
                 data[graph] = Graph(**data[graph])
+            data["variants"] = [Variant.from_dict(variant) for variant in data.get("variants", [])]
             manifest = cls(**data)
             manifest._check_values()
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
@@ -92,11 +124,20 @@ class Manifest:
             value = getattr(self, name)
             if type(value) not in (int, float) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number")
-        for graph in (self.encoder, self.decoder):
+        for variant in self.variants:
+            if variant.precision not in PRECISIONS:
+                raise ValueError(f"a variant's precision is not one of {', '.join(PRECISIONS)}")
+        for graph in (self.encoder, self.decoder, *(g for v in self.variants for g in (v.encoder, v.decoder))):
             if not all(isinstance(value, str) for value in (graph.file, graph.sha256, graph.input, graph.output)):
                 raise ValueError("graph file, sha256, input and output must be strings")
             if not SHA256_HEX.fullmatch(graph.sha256):
                 raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
+
+    def graphs(self, precision: str) -> tuple[Graph, Graph] | None:
+        """The encoder and decoder of one precision, None when the export made no such variant."""
+        if precision == FP32:
+            return self.encoder, self.decoder
+        return next(((v.encoder, v.decoder) for v in self.variants if v.precision == precision), None)
 
 
 def graph_path(folder: Path, graph: Graph) -> Path:

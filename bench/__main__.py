@@ -1,0 +1,67 @@
+"""`python -m bench NAME`: the project's benchmarks (speed, huge)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def main() -> None:
+    """sdlite's benchmarks: each prints its table and writes it under bench/results/."""
+
+
+@app.command()
+def speed(
+    sd_model: Optional[Path] = typer.Option(None, "--sd-model", help="Exported random-weight SD 1.x VAE "
+                                            "(default: made and exported once under bench/results/models)."),
+    taef2: Optional[Path] = typer.Option(None, "--taef2", help="Exported TAEF2 model folder, for its speed and cold start."),
+    repeats: int = typer.Option(2, "--repeats", min=1, help="Warm runs per case (the best is reported)."),
+    out: Path = typer.Option(Path("bench/results/speed.md"), "--out", help="Markdown table to write."),
+    kodak: bool = typer.Option(True, "--kodak/--no-kodak", help="Also time a Kodak photo (768x512)."),
+) -> None:
+    """Encode and decode time, GFLOP/s, peak memory and cold start: sdlite's precisions, torch, diffusers."""
+    from .speed import main as run
+
+    run(sd_model, taef2, repeats, out, kodak)
+
+
+@app.command()
+def huge(
+    model: Path = typer.Option(..., "--model", help="Exported model folder."),
+    precision: str = typer.Option("auto", "--precision"),
+    max_memory: float = typer.Option(2.5, "--max-memory-gib", help="Budget of one network run, GiB."),
+    side: int = typer.Option(4096, "--side"),
+    out: Path = typer.Option(Path("bench/results/huge.md"), "--out"),
+) -> None:
+    """A 4096x4096 picture through the tiled codec: time, tiles and the process's peak RSS."""
+    from .huge import main as run
+
+    line = run(model, precision, int(max_memory * 2**30), side)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+@app.command()
+def tiles(
+    model: Path = typer.Option(..., "--model", help="Exported model folder."),
+    precision: str = typer.Option("fp32", "--precision"),
+    tile: int = typer.Option(32, "--tile", help="Latent cells per tile side."),
+    out: Path = typer.Option(Path("bench/results/tiles.md"), "--out"),
+) -> None:
+    """How closely a tiled encode and decode agree with the whole one, on a picture that fits whole."""
+    from .huge import agreement
+
+    line = agreement(model, precision, tile)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    app(prog_name="python -m bench")

@@ -1,0 +1,70 @@
+"""`python -m bench huge`: a 4096x4096 picture encoded and decoded in tiles, with the process's peak memory.
+
+Run it in a process of its own (the peak RSS it reports is the whole process's high-water mark).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from export.precision import psnr
+
+from .speed import KODAK, peak_rss
+
+SIDE = 4096
+
+
+def picture(side: int) -> Image.Image:
+    """A Kodak photo scaled up to side x side where it is at hand, else made-up content."""
+    if KODAK.is_file():
+        return Image.open(KODAK).convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+    from export.precision import synthetic_picture
+
+    pixels = synthetic_picture(side, seed=0)[0].transpose(1, 2, 0)
+    return Image.fromarray(np.rint(pixels * 255).astype(np.uint8), "RGB")
+
+
+def main(folder: Path, precision: str, max_memory: int, side: int = SIDE, quality: int = 50) -> str:
+    import sdlite
+
+    codec = sdlite.Codec.load(folder, precision=precision, max_memory=max_memory)
+    image = picture(side)
+    latent_side = side // codec.manifest.downsampling_factor
+    started = time.perf_counter()
+    data = codec.encode(image, quality=quality)
+    encoded = time.perf_counter()
+    decoded = codec.decode(data)
+    finished = time.perf_counter()
+    quality_db = psnr(np.asarray(decoded, np.float32) / 255, np.asarray(image, np.float32) / 255)
+    line = (f"{side}x{side} {folder.name} {codec.precision_of('encoder')}/{codec.precision_of('decoder')}, "
+            f"--max-memory {max_memory / 2**30:g} GiB: encoder tiles {codec.tiling('encoder', latent_side, latent_side)}, "
+            f"decoder tiles {codec.tiling('decoder', latent_side, latent_side)}; encode {encoded - started:.0f} s, "
+            f"decode {finished - encoded:.0f} s, {len(data)} bytes, PSNR {quality_db:.2f} dB against the input, "
+            f"peak RSS {peak_rss() / 2**30:.2f} GiB")
+    print(line, file=sys.stderr)
+    return line
+
+
+def agreement(folder: Path, precision: str, tile: int) -> str:
+    """PSNR between tiled and whole runs on a picture small enough to run whole (a Kodak photo)."""
+    import sdlite
+    from sdlite import images
+
+    whole = sdlite.Codec.load(folder, precision=precision, max_memory=1 << 50)
+    tiled = sdlite.Codec.load(folder, precision=precision, tile=tile)
+    pixels = images.to_array(picture(512) if not KODAK.is_file() else Image.open(KODAK).convert("RGB"), 8)
+    latent = whole.run_encoder(pixels)
+    reference = whole.run_decoder(latent)
+    decoder_db = psnr(tiled.run_decoder(latent), reference)
+    encoder_db = psnr(whole.run_decoder(tiled.run_encoder(pixels)), reference)
+    grid = latent.shape[2:]
+    line = (f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}, tiles "
+            f"{tiled.tiling('decoder', *grid)}: tiled decode vs whole {decoder_db:.2f} dB, "
+            f"tiled encode (whole decode) vs whole {encoder_db:.2f} dB")
+    print(line, file=sys.stderr)
+    return line

@@ -1,0 +1,205 @@
+"""Lower-precision variants of the exported graphs, each with its measured quality cost and speed.
+
+- int8 (CPU): static QDQ quantisation of the convolutions (per-channel int8 weights, uint8
+  activations calibrated on pictures), which onnxruntime runs with VNNI/AMX integer kernels. Group
+  norms, attention and the rest stay in float32: they are a small share of the arithmetic and the
+  most sensitive to rounding.
+- fp16 (CUDA): every float tensor in half precision except the nodes that overflow. The SD decoder
+  is known to leave fp16's range in some layers, so the converted graph is run with every
+  intermediate exposed, and each node whose output is not finite while its inputs are is put back in
+  float32, until no value anywhere is inf or NaN.
+
+bf16 is not offered: onnxruntime's CPU provider has no bf16 convolution, so a bf16 graph would run
+slower than float32 (it would be cast back op by op).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from sdlite.errors import SdliteError
+from sdlite.inference import Graph
+from sdlite.manifest import Graph as GraphEntry
+from sdlite.manifest import Variant, file_sha256
+
+VARIANT_DEVICES = {"int8": ["cpu"], "fp16": ["cuda"]}
+MAX_FP16_ROUNDS = 64
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Of two pictures in [0, 1]."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse < 1e-10 else 10 * np.log10(1.0 / mse)
+
+
+def timed(graph: Graph, array: np.ndarray) -> tuple[np.ndarray, float]:
+    """The graph's output and the seconds of its second run (the first pays for allocations)."""
+    graph(array)
+    started = time.perf_counter()
+    output = graph(array)
+    return output, time.perf_counter() - started
+
+
+def int8_graph(source: Path, target: Path, input_name: str, calibration: list[np.ndarray]) -> list[str]:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.inputs = iter({input_name: array} for array in calibration)
+
+        def get_next(self):
+            return next(self.inputs, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs every tensor it touches
+    with contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+    return []
+
+
+def fp16_graph(source: Path, target: Path, input_name: str, calibration: list[np.ndarray]) -> list[str]:
+    """Writes the fp16 graph and returns the nodes kept in float32."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    original = {node.name for node in model.graph.node}
+    kept: list[str] = []
+    for _ in range(MAX_FP16_ROUNDS):
+        converted = elide_round_trips(convert_float_to_float16(
+            onnx.load(str(source)), keep_io_types=True, node_block_list=kept, disable_shape_infer=True))
+        overflowing = set()
+        for array in calibration:
+            overflowing |= first_nonfinite_nodes(converted, input_name, array)
+        if not overflowing:
+            onnx.save(converted, str(target))
+            return kept
+        for node in converted.graph.node:
+            if node.name not in overflowing:
+                continue
+            if node.name in original:
+                kept.append(node.name)
+            else:  # a cast the converter put in: what overflows is the float32 value it narrows, so the
+                # nodes that read it stay in float32 too
+                kept += [n.name for n in converted.graph.node if node.output[0] in n.input and n.name in original]
+        kept = sorted(set(kept))
+    raise SdliteError(f"fp16: values still overflow after keeping {len(kept)} nodes in float32")
+
+
+def elide_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Between two float32 nodes the converter still narrows the value to fp16 and widens it back, which
+    is where an overflowing value turns into inf: those nodes read the float32 value directly instead."""
+    nodes = model.graph.node
+    narrowed = {node.output[0]: node.input[0] for node in nodes
+                if node.op_type == "Cast" and node.attribute[0].i == onnx.TensorProto.FLOAT16}
+    widened = {node.output[0]: narrowed[node.input[0]] for node in nodes
+               if node.op_type == "Cast" and node.attribute[0].i == onnx.TensorProto.FLOAT and node.input[0] in narrowed}
+    for node in nodes:
+        for i, name in enumerate(node.input):
+            if name in widened:
+                node.input[i] = widened[name]
+    graph_outputs = {output.name for output in model.graph.output}
+    while True:  # drop the casts nothing reads any more
+        read = {name for node in nodes for name in node.input} | graph_outputs
+        dead = [node for node in nodes if node.op_type == "Cast" and node.output[0] not in read]
+        if not dead:
+            return model
+        for node in dead:
+            nodes.remove(node)
+
+
+def first_nonfinite_nodes(model: onnx.ModelProto, input_name: str, array: np.ndarray) -> set[str]:
+    """The nodes whose outputs hold inf or NaN although all their inputs are finite."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {output.name for output in probe.graph.output}
+    names = [name for node in probe.graph.node for name in node.output if name and name not in existing]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every value as written
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    values = dict(zip(outputs, session.run(outputs, {input_name: array})))
+    values[input_name] = array
+
+    def finite(name: str) -> bool:
+        value = values.get(name)
+        return value is None or not np.issubdtype(value.dtype, np.floating) or bool(np.isfinite(value).all())
+
+    return {node.name for node in probe.graph.node
+            if not all(finite(name) for name in node.output) and all(finite(name) for name in node.input if name)}
+
+
+BUILDERS = {"int8": int8_graph, "fp16": fp16_graph}
+CALIBRATION_SIDE = 128
+CHECK_SIDE = 256
+
+
+def synthetic_picture(side: int, seed: int) -> np.ndarray:
+    """Smooth colour fields, hard edges and fine noise: the kinds of content a photo mixes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:side, 0:side] / side
+    channels = [0.5 + 0.4 * np.sin(rng.uniform(2, 12) * x + rng.uniform(2, 12) * y + rng.uniform(0, 6))
+                for _ in range(3)]
+    picture = np.stack(channels)
+    cells = rng.integers(2, 9)
+    picture *= 0.6 + 0.4 * (((x * cells).astype(int) + (y * cells).astype(int)) % 2)
+    picture += rng.normal(0, rng.uniform(0.01, 0.08), picture.shape)
+    return np.clip(picture, 0, 1).astype(np.float32)[None]
+
+
+def center_crop(array: np.ndarray, side: int) -> np.ndarray:
+    height, width = array.shape[2:]
+    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    return np.ascontiguousarray(array[:, :, top:top + side, left:left + side])
+
+
+def pictures_for(folder: Path | None, count: int = 8) -> tuple[list[np.ndarray], np.ndarray]:
+    """Calibration pictures (crops of CALIBRATION_SIDE) and one other picture to measure quality and
+    speed on (a crop of CHECK_SIDE): from the image files in `folder`, or made up when there is none."""
+    if folder is None:
+        pictures = [synthetic_picture(CHECK_SIDE, seed) for seed in range(count + 1)]
+    else:
+        from sdlite import images
+
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if len(files) < 2:
+            raise SdliteError(f"--calibration {folder}: needs at least two image files")
+        pictures = [images.to_array(images.open_image(path), 8) for path in files[:count + 1]]
+    return [center_crop(p, CALIBRATION_SIDE) for p in pictures[:-1]], center_crop(pictures[-1], CHECK_SIDE)
+
+
+def build_variant(precision: str, folder: Path, encoder: Graph, decoder: Graph, io_names: dict[str, tuple[str, str]],
+                  pictures: list[np.ndarray], check: np.ndarray) -> Variant:
+    """The variant's two graphs written into `folder`, calibrated on `pictures`, measured on `check`
+    against the float32 encoder and decoder."""
+    if precision not in BUILDERS:
+        raise SdliteError(f"unknown precision {precision!r}: choose from {', '.join(BUILDERS)}")
+    latents = [encoder(picture) for picture in pictures]
+    kept, graphs, runners = [], {}, {}
+    for role, source, calibration in (("encoder", encoder, pictures), ("decoder", decoder, latents)):
+        input_name, output_name = io_names[role]
+        name = f"{role}.{precision}.onnx"
+        kept += BUILDERS[precision](source.path, folder / name, input_name, calibration)
+        runners[role] = Graph(folder / name, "cpu", input_name, output_name)
+        graphs[role] = GraphEntry(name, file_sha256(folder / name), input_name, output_name)
+
+    reference_latent, _ = timed(encoder, check)
+    reference, _ = timed(decoder, reference_latent)
+    variant_latent, encoder_seconds = timed(runners["encoder"], check)
+    variant_decode, decoder_seconds = timed(runners["decoder"], reference_latent)
+    graphs["encoder"].seconds, graphs["decoder"].seconds = encoder_seconds, decoder_seconds
+    quality = {"encoder": psnr(decoder(variant_latent), reference), "decoder": psnr(variant_decode, reference)}
+    if not all(np.isfinite(value).all() for value in (variant_latent, variant_decode)):
+        raise SdliteError(f"the {precision} variant gives inf or NaN")
+    return Variant(precision, VARIANT_DEVICES[precision], graphs["encoder"], graphs["decoder"],
+                   {role: round(float(value), 2) for role, value in quality.items()}, float32_nodes=kept)

@@ -1,0 +1,241 @@
+"""Tiling, precision variants, the session cache and batches, on small random VAEs and small pictures."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sdlite
+from sdlite import images
+from sdlite.inference import CUDA, Graph, cached_graph_path
+from sdlite.precision import ACCEPTABLE_PSNR_DB
+from sdlite.tiling import MemoryModel, Tiling, choose_tiling, run_tiled, tile_starts
+
+from conftest import TINY_CONFIG, export_model, make_vae, run
+from pictures import photo, psnr
+
+SDLITE = [sys.executable, "-m", "sdlite.cli"]
+
+
+def box_blur(array: np.ndarray) -> np.ndarray:
+    """A local operator (each output sees its 3x3 neighbourhood), like a network with a small reach."""
+    padded = np.pad(array, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    height, width = array.shape[2:]
+    return sum(padded[:, :, i:i + height, j:j + width] for i in range(3) for j in range(3)) / 9
+
+
+@pytest.mark.parametrize("length,tile,overlap", [(37, 16, 4), (16, 16, 4), (5, 16, 4), (100, 24, 8), (17, 16, 8)])
+def test_tiles_cover_the_grid_overlap_enough_and_have_one_size(length, tile, overlap):
+    starts = tile_starts(length, tile, overlap)
+    assert starts[0] == 0 and min(starts[-1] + tile, length) == length
+    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    assert all(start + tile <= length for start in starts) or starts == [0]
+
+
+def decode_like(latent: np.ndarray, release: bool = False) -> np.ndarray:
+    return box_blur(latent.repeat(8, 2).repeat(8, 3)[:, :3])
+
+
+def encode_like(pixels: np.ndarray, release: bool = False) -> np.ndarray:
+    return box_blur(pixels).reshape(1, 3, pixels.shape[2] // 8, 8, pixels.shape[3] // 8, 8).mean((3, 5))
+
+
+def test_blending_reproduces_an_operator_that_sees_less_than_the_overlap():
+    rng = np.random.default_rng(0)
+    latent = rng.normal(size=(1, 4, 37, 29)).astype(np.float32)
+    tiled = run_tiled(decode_like, latent, Tiling(12, 4), 1, 8)
+    whole = decode_like(latent)
+    # Away from the tiles' own edges each tile sees what the whole does; the edges get no weight.
+    assert np.abs(tiled - whole).max() < 1e-5
+    picture = rng.uniform(size=(1, 3, 37 * 8, 29 * 8)).astype(np.float32)
+    assert np.abs(run_tiled(encode_like, picture, Tiling(12, 4), 8, 1) - encode_like(picture)).max() < 1e-5
+
+
+def test_tiling_follows_the_memory_budget():
+    memory = MemoryModel(fixed=100e6, linear=0.3e6, quadratic=12.0)
+    assert choose_tiling(64, 64, memory, budget=4e9) is None
+    tiling = choose_tiling(512, 512, memory, budget=2e9)
+    assert tiling is not None and memory.peak(tiling.tile**2) <= 2e9 < memory.peak((tiling.tile + 1) ** 2)
+    with pytest.raises(sdlite.SdliteError, match="too little"):
+        choose_tiling(512, 512, memory, budget=150e6)
+
+
+def test_the_manifest_records_memory_and_time_for_every_graph(tiny_model):
+    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
+    graphs = [manifest.encoder, manifest.decoder] + [g for v in manifest.variants for g in (v.encoder, v.decoder)]
+    for graph in graphs:
+        fixed, linear, quadratic = graph.memory
+        assert fixed > 10e6 and linear > 0 and quadratic > 0  # the tiny VAE has mid-block attention
+        assert graph.seconds > 0
+
+
+@pytest.fixture(scope="module")
+def tae_model(tmp_path_factory) -> Path:
+    """A random TAESD-shaped tiny autoencoder: convolutions only (no norms, no attention), so every
+    output sees a bounded neighbourhood and tiles can agree with the whole picture."""
+    from export import tae
+
+    folder = tmp_path_factory.mktemp("tae") / "taesd"
+    folder.mkdir()
+    torch.manual_seed(0)
+    torch.save(tae.Encoder(4, pooled=False).state_dict(), folder / "taesd_encoder.pth")
+    torch.save(tae.Decoder(4, pooled=False).state_dict(), folder / "taesd_decoder.pth")
+    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none")
+
+
+def test_a_tiled_codec_agrees_with_the_whole_picture(tae_model):
+    whole = sdlite.Codec.load(tae_model, precision="fp32")
+    tiled = sdlite.Codec.load(tae_model, precision="fp32", tile=32)
+    pixels = images.to_array(photo(400, 300), 8)  # a latent of 50 x 38 cells: 2 x 2 tiles
+    assert whole.tiling("decoder", 38, 50) is None and tiled.tiling("decoder", 38, 50) == Tiling(32, 8)
+    latent = whole.run_encoder(pixels)
+    reference = whole.run_decoder(latent)
+    assert psnr_of(tiled.run_decoder(latent), reference) > 40
+    assert psnr_of(whole.run_decoder(tiled.run_encoder(pixels)), reference) > 40
+    data = tiled.encode(photo(400, 300))
+    assert tiled.decode(data).size == (400, 300)
+
+
+def psnr_of(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_a_small_memory_budget_tiles_automatically(tiny_model):
+    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
+    budget = int(MemoryModel(*manifest.decoder.memory).peak(24 * 24))
+    codec = sdlite.Codec.load(tiny_model, precision="fp32", max_memory=budget)
+    tiling = codec.tiling("decoder", 64, 64)
+    assert tiling is not None and 16 <= tiling.tile <= 24
+    assert codec.decode(codec.encode(photo(512, 512))).size == (512, 512)
+
+
+def test_variants_are_recorded_with_their_quality(tiny_model):
+    manifest = json.loads((tiny_model / "manifest.json").read_text())
+    variants = {v["precision"]: v for v in manifest["variants"]}
+    assert set(variants) == {"int8", "fp16"}
+    assert variants["int8"]["devices"] == ["cpu"] and variants["fp16"]["devices"] == ["cuda"]
+    for variant in variants.values():
+        assert set(variant["psnr_db"]) == {"encoder", "decoder"}
+        assert all(np.isfinite(v) for v in variant["psnr_db"].values())
+    assert variants["fp16"]["psnr_db"]["decoder"] > 50  # half precision is nearly exact here
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
+def test_each_precision_round_trips_and_stays_near_float32(tiny_model, precision):
+    reference = sdlite.Codec.load(tiny_model, precision="fp32")
+    codec = sdlite.Codec.load(tiny_model, precision=precision)
+    assert codec.precision_of("decoder") == precision
+    data = reference.encode(photo(64, 48))
+    recorded = codec.manifest.graphs(precision)
+    assert recorded is not None and Path(codec.decoder.label).name == recorded[1].file
+    assert psnr(codec.decode(data), reference.decode(data)) > 20
+
+
+def test_auto_takes_the_fastest_acceptable_variant(tiny_model):
+    codec = sdlite.Codec.load(tiny_model, precision="auto")
+    manifest = codec.manifest
+    for role in ("encoder", "decoder"):
+        options = [("fp32", getattr(manifest, role))] + [
+            (v.precision, getattr(v, role)) for v in manifest.variants
+            if "cpu" in v.devices and v.psnr_db[role] >= ACCEPTABLE_PSNR_DB]
+        assert codec.precision_of(role) == min(options, key=lambda option: option[1].seconds)[0]
+
+
+def test_unknown_or_missing_precisions_are_refused(tiny_model, other_model):
+    with pytest.raises(sdlite.SdliteError, match="unknown precision"):
+        sdlite.Codec.load(tiny_model, precision="int4")
+    with pytest.raises(sdlite.SdliteError, match="has no int8 variant"):
+        sdlite.Codec.load(other_model, precision="int8").decoder
+    assert sdlite.Codec.load(other_model, precision="auto").precision_of("decoder") == "fp32"
+
+
+def test_fp16_keeps_overflowing_nodes_in_float32(tmp_path):
+    vae = make_vae(TINY_CONFIG, seed=0)
+    with torch.no_grad():  # one convolution whose output is far beyond fp16's 65504; a group norm follows it
+        vae.decoder.mid_block.resnets[0].conv1.weight.mul_(1e5)
+    vae.save_pretrained(tmp_path / "hot")
+    folder = export_model(tmp_path / "hot", tmp_path / "models", "--precisions", "fp16")
+    manifest = sdlite.Manifest.from_json((folder / "manifest.json").read_text())
+    (variant,) = manifest.variants
+    assert any("conv2d" in node for node in variant.float32_nodes)
+    assert variant.psnr_db["decoder"] > 40
+    codec = sdlite.Codec.load(folder, precision="fp16")
+    latent = np.random.default_rng(0).normal(size=(1, 4, 12, 10)).astype(np.float32)
+    assert np.isfinite(codec.decoder(latent)).all()
+
+
+def test_the_optimised_graph_is_cached_and_a_damaged_cache_is_remade(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path / "cache"))
+    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
+    entry = manifest.decoder
+    latent = np.random.default_rng(0).normal(size=(1, 4, 6, 5)).astype(np.float32)
+    first = Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)(latent)
+    cached = cached_graph_path(entry.sha256, ["CPUExecutionProvider"])
+    assert cached.is_file() and [p.name for p in cached.parent.iterdir()] == [cached.name]
+    assert np.allclose(Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)(latent),
+                       first, atol=1e-5)
+    cached.write_bytes(b"damaged")
+    again = Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)(latent)
+    assert np.allclose(again, first, atol=1e-5) and cached.stat().st_size > 1000
+
+
+def test_an_unwritable_cache_still_runs(tiny_model, tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        target = tmp_path / "a-file"
+        target.write_text("not a folder")
+        monkeypatch.setenv("SDLITE_CACHE_DIR", str(target / "cache"))  # cannot be made, even by root
+    else:
+        (tmp_path / "locked").mkdir(mode=0o500)
+        monkeypatch.setenv("SDLITE_CACHE_DIR", str(tmp_path / "locked" / "cache"))
+    codec = sdlite.Codec.load(tiny_model, precision="fp32")
+    assert codec.decode(codec.encode(photo(16, 16))).size == (16, 16)
+
+
+def test_batch_with_workers_reports_the_bad_file_and_sums_up(tmp_path, tiny_model):
+    env = {"SDLITE_MODELS_DIR": str(tiny_model.parent)}
+    names = []
+    for i in range(4):
+        photo(40, 24, seed=i).save(tmp_path / f"p{i}.png")
+        names.append(str(tmp_path / f"p{i}.png"))
+    (tmp_path / "bad.png").write_bytes(b"not a picture")
+    out = tmp_path / "out"
+    result = run(*SDLITE, "encode", *names, str(tmp_path / "bad.png"), "-o", str(out), "--jobs", "2", env=env)
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and "bad.png: not an image file" in stderr and "Traceback" not in stderr
+    assert "encoded 4 of 5 files" in stderr and "images/s" in stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"p{i}.sdc" for i in range(4)]
+    decoded = run(*SDLITE, "decode", *(str(p) for p in sorted(out.iterdir())), "-o", str(out), "--jobs", "2",
+                  "--precision", "int8", env=env)
+    assert decoded.returncode == 0, decoded.stderr.decode()
+    assert len(list(out.glob("*.png"))) == 4
+
+
+def test_cli_options_for_precision_and_memory(tmp_path, tiny_model):
+    env = {"SDLITE_MODELS_DIR": str(tiny_model.parent)}
+    photo(100, 60).save(tmp_path / "p.png")
+    for args, message in ((["--precision", "int4"], "unknown precision"), (["--max-memory", "lots"], "--max-memory"),
+                          (["--max-memory", "1K"], "too little")):
+        result = run(*SDLITE, "encode", str(tmp_path / "p.png"), *args, env=env)
+        assert result.returncode == 1 and message in result.stderr.decode(), result.stderr.decode()
+    assert run(*SDLITE, "encode", str(tmp_path / "p.png"), "--tile", "4", env=env).returncode == 0
+    listing = run(*SDLITE, "models", env=env).stdout.decode()
+    assert "int8 for cpu (encoder" in listing and "fp16 for cuda" in listing
+    assert "precisions     fp32, int8" in run(*SDLITE, "info", str(tmp_path / "p.sdc"), env=env).stdout.decode()
+
+
+def test_cuda_runs_through_io_binding(tiny_model):
+    import onnxruntime
+
+    if CUDA not in onnxruntime.get_available_providers():
+        pytest.skip("no CUDA in this onnxruntime")
+    codec = sdlite.Codec.load(tiny_model, device="cuda", precision="fp16")
+    assert codec.decoder.on_cuda
+    reference = sdlite.Codec.load(tiny_model, precision="fp32")
+    pixels = images.to_array(photo(64, 48), 8)
+    assert np.abs(codec.decoder(reference.encoder(pixels)) - reference.decoder(reference.encoder(pixels))).max() < 0.05
