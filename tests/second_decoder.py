@@ -133,8 +133,8 @@ def read_container(data: bytes) -> Container:
     if min(width, height, *shape) == 0:
         raise FormatError("an image or latent dimension is zero")
     (step,) = struct.unpack_from("<f", data, 28)
-    if not step > 0 or data[32] > 100:
-        raise FormatError("step not above zero, or quality above 100")
+    if not 0 < step < float("inf") or data[32] > 100:
+        raise FormatError("step not finite and above zero, or quality above 100")
     return Container(method, bytes(data[6:14]), width, height, shape, np.float32(step), data[32], *blocks)
 
 
@@ -182,6 +182,13 @@ class RangeDecoder:
             return 0  # past the end the stream reads as zeros
         self.next_word += 1
         return self.words[self.next_word - 1]
+
+    def exhausted(self) -> bool:
+        """constriction's maybe_exhausted(): every word read, and what is left of the point could be
+        the encoder's padding (at most 2^33 - 1 above lower), or nothing was ever decoded."""
+        padding = (1 << (STATE_BITS - WORD_BITS + 1)) - 1
+        return self.next_word == len(self.words) and (
+            self.range == STATE_MASK or (self.point - self.lower) & STATE_MASK < padding)
 
     def decode(self, cumulative: list[int]) -> int:
         scale = self.range >> PRECISION
@@ -250,7 +257,13 @@ def decode_method_0(container: Container) -> tuple[np.ndarray, np.ndarray]:
                 counts[c][symbol] += INCREMENT
             if sum(counts[c]) > HALVE_ABOVE:
                 counts[c] = [(count + 1) // 2 for count in counts[c]]
-    return levels, levels.astype(np.float32) * container.step
+    if not decoder.exhausted() or (words and all(size == 1 for size in sizes)):
+        raise FormatError("payload words left unread")
+    with np.errstate(over="ignore"):
+        latent = levels.astype(np.float32) * container.step
+    if not np.isfinite(latent).all():
+        raise FormatError("the step overflows the latent")
+    return levels, latent
 
 
 METHODS = {0: decode_method_0}
