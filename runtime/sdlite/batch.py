@@ -73,7 +73,11 @@ def run_all(codec: Codec, work: Work, pairs: list[tuple[str, str]], jobs: int = 
             yield run_one(codec, work, source, target)
         return
     worker_codec = codec.copy(threads=max(1, available_cores() // jobs))
-    with ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(worker_codec, work)) as pool:
+    pool = ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(worker_codec, work))
+    try:
         futures = [pool.submit(_in_worker, source, target) for source, target in pairs]
         for future in as_completed(futures):
             yield future.result()
+    finally:
+        # Interrupted, the run stops at the files under way (each written whole or not at all).
+        pool.shutdown(wait=True, cancel_futures=True)
