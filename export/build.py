@@ -16,6 +16,7 @@ import torch
 from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
+from .sensitivity import calibration_pictures, channel_sensitivity
 from .sources import load_model
 from .verify import check_graph, sample_image
 
@@ -33,10 +34,10 @@ def progress(step: int, total: int, message: str) -> None:
 
 
 def build(model: str, name: str | None, out: Path, latent_space: str | None, scaling_factor: float | None,
-          tolerance: float) -> Path:
+          tolerance: float, calibration: Path | None = None) -> Path:
     started = time.perf_counter()
     quiet_libraries()
-    progress(1, 5, f"loading {model}")
+    progress(1, 6, f"loading {model}")
     loaded = load_model(model, scaling_factor)
     factor, channels = loaded.downsampling_factor, loaded.latent_channels
     folder = out / (name or loaded.name)
@@ -46,14 +47,14 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
     try:
         encoder, decoder = loaded.encoder_graph(), loaded.decoder_graph()
         export_image = sample_image(8 * factor, 8 * factor)
-        progress(2, 5, "exporting encoder.onnx")
+        progress(2, 6, "exporting encoder.onnx")
         export_graph(encoder, export_image, staging / "encoder.onnx", ENCODER_IO)
-        progress(3, 5, "exporting decoder.onnx")
+        progress(3, 6, "exporting decoder.onnx")
         with torch.no_grad():
             export_graph(decoder, encoder(export_image), staging / "decoder.onnx", DECODER_IO)
 
         # Another size than the export's, so the check also proves that the sides are dynamic.
-        progress(4, 5, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
+        progress(4, 6, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
         check_image = sample_image(9 * factor, 11 * factor)
         with torch.no_grad():
             check_latent = encoder(check_image)
@@ -63,7 +64,10 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             "decoder": check_graph(decoder, staging / "decoder.onnx", DECODER_IO, check_latent, tolerance),
         }
 
-        progress(5, 5, f"writing {folder}")
+        progress(5, 6, f"measuring channel sensitivities on {calibration or 'dead-leaves pictures'}")
+        sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(calibration, factor), channels)
+
+        progress(6, 6, f"writing {folder}")
         manifest = Manifest(
             name=folder.name,
             source=loaded.source,
@@ -75,6 +79,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             encoder=Graph("encoder.onnx", file_sha256(staging / "encoder.onnx"), *ENCODER_IO),
             decoder=Graph("decoder.onnx", file_sha256(staging / "decoder.onnx"), *DECODER_IO),
             verification=verification,
+            channel_sensitivity=sensitivity,
             versions={package: version(package) for package in
                       ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
         )
