@@ -137,6 +137,8 @@ class PredictiveModel:
     # -- entropy coder -----------------------------------------------------------------------------
 
     def compress(self, levels: np.ndarray) -> bytes:
+        if self.largest == 0:
+            return b""  # every level is zero: the header says it all
         encoder = constriction.stream.queue.RangeEncoder()
         tables = _Tables(self.largest, levels.shape)
         for y in range(levels.shape[1]):
@@ -150,6 +152,8 @@ class PredictiveModel:
         if len(payload) % 4:
             raise SdliteError("corrupt file: the payload is not a whole number of 32-bit words")
         levels = np.zeros(shape, np.int32)
+        if self.largest == 0:
+            return levels
         tables = _Tables(self.largest, shape)
         try:
             decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
