@@ -286,3 +286,13 @@ def test_a_manifest_with_bad_sensitivities_is_refused(tiny_model):
     for bad in ([1.0], [1.0, -1.0, 1.0, 1.0], ["x", 1, 1, 1]):
         with pytest.raises(sdlite.SdliteError, match="channel_sensitivity"):
             sdlite.Manifest.from_json(json.dumps({**manifest, "channel_sensitivity": bad}))
+
+
+def test_a_row_coded_in_pieces_gives_the_same_stream(monkeypatch):
+    from sdlite import predictive
+
+    model, levels = predictive_model(smooth_latent(channels=4, height=6, width=30), 0.1)
+    whole = model.compress(levels)
+    monkeypatch.setattr(predictive, "CHUNK_ENTRIES", 7 * (2 * model.largest + 1))
+    assert model.compress(levels) == whole
+    assert np.array_equal(model.decompress(whole, levels.shape), levels)

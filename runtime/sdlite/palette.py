@@ -21,6 +21,7 @@ NAME = "palette"
 LARGEST_PALETTE = 256
 LATENT_RANGE = 1e4  # a channel's 8-bit range must lie within +-LATENT_RANGE
 KMEANS_ROUNDS = 8
+KMEANS_SAMPLES = 1 << 15  # the palette is fitted on at most this many latent vectors (evenly spaced)
 
 _HEAD = struct.Struct("<H")
 
@@ -66,7 +67,7 @@ class PaletteModel:
         scale = np.where(highest > lowest, 255.0 / (highest - lowest), 0.0)
         eight_bit = np.rint((latent - lowest[:, None, None]) * scale[:, None, None])
         vectors = eight_bit.reshape(channels, -1).T.astype(np.float64)
-        palette = _kmeans(vectors, palette_size(quality))
+        palette = _kmeans(vectors[:: max(1, len(vectors) // KMEANS_SAMPLES)], palette_size(quality))
         indices = _dither(eight_bit.transpose(1, 2, 0).astype(np.float64), palette.astype(np.float64))
         return cls(lowest, highest, palette), indices[None]
 

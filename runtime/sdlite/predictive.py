@@ -38,6 +38,7 @@ DEAD_ZONE = 0.62  # a residual is rounded up only past 0.62 steps: zeros are che
 ACTIVITY_EDGES = np.array([1, 2, 3, 4, 6, 8, 11, 15, 20, 28, 40])
 CHANNEL_EDGES = np.array([1, 2, 4, 6, 9, 13, 18, 26, 36, 52, 72])
 CONTEXTS = (len(ACTIVITY_EDGES) + 1) * (len(CHANNEL_EDGES) + 1)
+CHUNK_ENTRIES = 1 << 20  # probability-table entries per coder call: bounds memory on wide latents
 INCREMENT = 24
 RESCALE_ABOVE = 1 << 16
 FAMILY = constriction.stream.model.Categorical(perfect=False)
@@ -144,7 +145,8 @@ class PredictiveModel:
         for y in range(levels.shape[1]):
             contexts = tables.contexts(levels, y)
             symbols = (levels[:, y].ravel() + self.largest).astype(np.int32)
-            encoder.encode(symbols, FAMILY, tables.probabilities(contexts))
+            for part in tables.chunks(len(symbols)):
+                encoder.encode(symbols[part], FAMILY, tables.probabilities(contexts[part]))
             tables.update(levels, y, contexts, symbols)
         return encoder.get_compressed().astype("<u4").tobytes()
 
@@ -159,7 +161,8 @@ class PredictiveModel:
             decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
             for y in range(shape[1]):
                 contexts = tables.contexts(levels, y)
-                symbols = decoder.decode(FAMILY, tables.probabilities(contexts))
+                symbols = np.concatenate([decoder.decode(FAMILY, tables.probabilities(contexts[part]))
+                                          for part in tables.chunks(len(contexts))])
                 levels[:, y] = symbols.reshape(shape[0], shape[2]) - self.largest
                 tables.update(levels, y, contexts, symbols)
         except (ValueError, RuntimeError, AssertionError) as exc:
@@ -190,6 +193,11 @@ class _Tables:
         channel_class = np.searchsorted(CHANNEL_EDGES, channel_mean, side="right")
         activity_class = np.searchsorted(ACTIVITY_EDGES, activity, side="right")
         return (channel_class[:, None] * (len(ACTIVITY_EDGES) + 1) + activity_class).ravel()
+
+    def chunks(self, count: int) -> list[slice]:
+        """Consecutive pieces of a row: the coder's stream is the same whether a row goes in one call or several."""
+        size = max(1, CHUNK_ENTRIES // self.counts.shape[1])
+        return [slice(start, start + size) for start in range(0, count, size)]
 
     def probabilities(self, contexts: np.ndarray) -> np.ndarray:
         # constriction normalises each row itself: integer counts as float64 are exact.
