@@ -155,6 +155,8 @@ class PredictiveModel:
             raise SdliteError("corrupt file: the payload is not a whole number of 32-bit words")
         levels = np.zeros(shape, np.int32)
         if self.largest == 0:
+            if payload:
+                raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
             return levels
         tables = _Tables(self.largest, shape)
         try:
@@ -165,8 +167,11 @@ class PredictiveModel:
                                           for part in tables.chunks(len(contexts))])
                 levels[:, y] = symbols.reshape(shape[0], shape[2]) - self.largest
                 tables.update(levels, y, contexts, symbols)
+            finished = decoder.maybe_exhausted()
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise SdliteError(f"corrupt file: the payload cannot be decoded ({exc})") from None
+        if not finished:
+            raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
         return levels
 
 
