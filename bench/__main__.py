@@ -1,4 +1,4 @@
-"""`python -m bench NAME`: the project's benchmarks (speed, huge)."""
+"""`python -m bench NAME`: the project's benchmarks (speed, huge, tiles, rd)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,14 @@ def tiles(
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:
         f.write(line + "\n")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def rd(context: typer.Context) -> None:
+    """Rate-distortion: sdlite's methods against JPEG, WebP, AVIF and JPEG XL (`python -m bench rd --help`)."""
+    from .rd import main as run
+
+    raise typer.Exit(run(context.args))
 
 
 if __name__ == "__main__":

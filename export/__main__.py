@@ -41,8 +41,8 @@ def build_command(
                                    help="Lower-precision variants to make beside float32, comma-separated "
                                         "(int8 for the CPU, fp16 for CUDA), or 'none'."),
     calibration: Optional[Path] = typer.Option(
-        None, "--calibration", help="Folder of photos to calibrate int8 and measure quality on (default: "
-                                    "made-up pictures; real photos give truer ranges and figures)."),
+        None, "--calibration", help="Folder of photos to calibrate on: int8 ranges, the variants' quality figures and "
+                                    "each latent channel's importance (default: made-up pictures)."),
 ) -> None:
     """Export a VAE's encoder and decoder, verify them, and write models/<name>/."""
     chosen = tuple(p for p in precisions.split(",") if p and p != "none")

@@ -19,6 +19,7 @@ from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
 from .memory import memory_model
 from .precision import build_variant, pictures_for, timed
+from .sensitivity import calibration_pictures, channel_sensitivity
 from .sources import load_model
 from .verify import check_graph, sample_image
 
@@ -39,7 +40,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
           tolerance: float, precisions: tuple[str, ...] = (), calibration: Path | None = None) -> Path:
     started = time.perf_counter()
     quiet_libraries()
-    steps = 6 + len(precisions)
+    steps = 7 + len(precisions)
     progress(1, steps, f"loading {model}")
     loaded = load_model(model, scaling_factor)
     factor, channels = loaded.downsampling_factor, loaded.latent_channels
@@ -67,7 +68,10 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             "decoder": check_graph(decoder, staging / "decoder.onnx", DECODER_IO, check_latent, tolerance),
         }
 
-        progress(5, steps, "measuring speed and memory")
+        progress(5, steps, f"measuring channel sensitivities on {calibration or 'dead-leaves pictures'}")
+        sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(calibration, factor), channels)
+
+        progress(6, steps, "measuring speed and memory")
         io_names = {"encoder": ENCODER_IO, "decoder": DECODER_IO}
         runners = {role: Runner(staging / f"{role}.onnx", "cpu", *io_names[role]) for role in io_names}
         pictures, check = pictures_for(calibration)
@@ -76,7 +80,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         check_latent, graphs["encoder"].seconds = timed(runners["encoder"], check)
         _, graphs["decoder"].seconds = timed(runners["decoder"], check_latent)
         variants = []
-        for step, precision in enumerate(precisions, start=6):
+        for step, precision in enumerate(precisions, start=7):
             progress(step, steps, f"making the {precision} variant")
             variants.append(build_variant(precision, staging, runners["encoder"], runners["decoder"], io_names,
                                           pictures, check))
@@ -96,6 +100,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             encoder=graphs["encoder"],
             decoder=graphs["decoder"],
             verification=verification,
+            channel_sensitivity=sensitivity,
             versions={package: version(package) for package in
                       ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
             variants=variants,

@@ -43,7 +43,7 @@ def real_decode(codec, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """The real decoder up to the latent: container, compatibility, entropy model, dequantization."""
     sdc = SdcFile.from_bytes(data)
     codec.check_compatible(sdc)
-    levels = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape[0]).decompress(
+    levels = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape).decompress(
         sdc.payload, sdc.latent_shape)
     return levels, quantizer.dequantize(levels, sdc.step)
 
@@ -70,7 +70,7 @@ def both_outcomes(codec, model, data: bytes):
     ((120, 80), 85, 5), ((97, 61), 50, 0), ((1, 1), 0, 0),
 ])
 def test_second_decoder_gives_the_real_decoders_levels_and_latent(codec, model, size, quality, seed):
-    data = codec.encode(photo(*size, seed=seed), quality=quality)
+    data = codec.encode(photo(*size, seed=seed), quality=quality, method="uniform")
     # The tiny random VAE's latents are small (std about 0.04): only fine steps give several levels.
     assert quality < 75 or len(SdcFile.from_bytes(data).payload) > 0
     levels, latent = real_decode(codec, data)
@@ -81,7 +81,7 @@ def test_second_decoder_gives_the_real_decoders_levels_and_latent(codec, model, 
 
 
 def test_a_latent_of_single_level_channels_has_an_empty_payload(codec, model):
-    data = codec.encode(photo(1, 1), quality=0)
+    data = codec.encode(photo(1, 1), quality=0, method="uniform")
     assert SdcFile.from_bytes(data).payload == b""
     assert both_outcomes(codec, model, data)[1] != "refused"
 
@@ -119,11 +119,11 @@ def test_counts_reaching_exactly_65536_are_not_halved(model):
 
 
 def test_latent_space_id_is_derived_from_the_manifest_name(codec, model):
-    assert SdcFile.from_bytes(codec.encode(photo(16, 16))).latent_space_id == model.latent_space_id
+    assert SdcFile.from_bytes(codec.encode(photo(16, 16), method="uniform")).latent_space_id == model.latent_space_id
 
 
 def test_crc32_is_the_zlib_crc(codec):
-    data = codec.encode(photo(24, 16))
+    data = codec.encode(photo(24, 16), method="uniform")
     assert second_decoder.crc32(data) == zlib.crc32(data)
     assert second_decoder.crc32(b"123456789") == 0xCBF43926  # the CRC-32 check value
 
@@ -143,7 +143,7 @@ def patched(data: bytes, offset: int, value: bytes) -> bytes:
 def model_block_with(data: bytes, lowest: int, size: int) -> bytes:
     """The file's model block with channel 0's level range replaced."""
     sdc = SdcFile.from_bytes(data)
-    entropy_model = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape[0])
+    entropy_model = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape)
     entropy_model.lowest[0], entropy_model.sizes[0] = lowest, size
     return entropy_model.to_bytes()
 
@@ -189,18 +189,18 @@ FORGERIES = {
 
 @pytest.mark.parametrize("forgery", FORGERIES)
 def test_both_decoders_refuse_the_same_broken_files(codec, model, forgery):
-    data = codec.encode(photo(40, 24), quality=90)
+    data = codec.encode(photo(40, 24), quality=90, method="uniform")
     real, second = both_outcomes(codec, model, FORGERIES[forgery](data))
     assert real == second == "refused"
 
 
 def test_an_unknown_method_is_named_in_the_refusal(codec, model):
     with pytest.raises(second_decoder.FormatError, match="unsupported coding method 7"):
-        second_decoder.decode(patched(codec.encode(photo(16, 16)), 5, b"\x07"), model)
+        second_decoder.decode(patched(codec.encode(photo(16, 16), method="uniform"), 5, b"\x07"), model)
 
 
 def test_both_decoders_agree_on_every_single_bit_flip_with_a_valid_crc(codec, model):
-    data = codec.encode(photo(64, 48), quality=100)
+    data = codec.encode(photo(64, 48), quality=100, method="uniform")
     refused = 0
     for position in range(len(data)):
         for bit in range(8):
@@ -221,7 +221,7 @@ def test_the_documented_example_is_what_sdlite_writes():
     levels = np.array([[[0, 1, -1], [0, 0, 2]], [[3, 3, 3], [3, 3, 3]], [[-2, 0, 5], [1, 1, 0]]], dtype=np.int32)
     entropy_model = AdaptiveCategorical.fit(levels)
     written = SdcFile(sdlite.manifest.latent_space_id("example"), 20, 12, levels.shape,
-                      float(quantizer.step_for_quality(50)), 50, entropy_model.to_bytes(),
+                      0.25, 50, entropy_model.to_bytes(),  # the example's step, whatever the quality table
                       entropy_model.compress(levels)).to_bytes()
     assert data == written
     decoded = second_decoder.decode(data, second_decoder.Model(second_decoder.latent_space_id("example"), 3, 8))

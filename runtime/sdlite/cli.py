@@ -14,7 +14,7 @@ from typing import List, Optional
 import typer
 from PIL import Image
 
-from . import __version__
+from . import __version__, methods
 from .batch import Work, default_jobs, run_all
 from .codec import DEFAULT_MAX_MEMORY, DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, Codec
 from .container import METHODS, SdcFile
@@ -142,6 +142,10 @@ def encode(
     output: Optional[str] = OutputOption,
     quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q", min=0, max=100,
                                 help="0 (smallest file) to 100 (best picture)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Largest file size, e.g. 5KB, 12000, 1.5MB (KB = 1000 bytes, KiB = 1024)."),
+    bpp: Optional[float] = typer.Option(None, "--bpp", help="Largest size in bits per pixel, e.g. 0.1."),
+    method: str = typer.Option(methods.DEFAULT_METHOD, "--method",
+                               help=f"Coding method: {', '.join(methods.NAMES)} (palette: the seed's look)."),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
     force: bool = ForceOption,
@@ -149,6 +153,12 @@ def encode(
 ) -> None:
     """Compress images into .sdc files."""
     try:
+        if size is not None and bpp is not None:
+            raise SdliteError("give --size or --bpp, not both")
+        if bpp is not None and not bpp > 0:
+            raise SdliteError(f"--bpp must be positive, got {bpp}")
+        budget = parse_file_size(size) if size is not None else None
+        methods.by_name(method)
         outputs = output_names(inputs, output, ".sdc")
         codec = Codec.load(model, device, max_pixels=max_pixels)
     except SdliteError as exc:
@@ -184,6 +194,22 @@ def decode(
         write_output(target, image_bytes(codec.decode(data), target), force)
 
     run_each(inputs, outputs, work, "decoding")
+
+
+FILE_SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "KIB": 1024, "MIB": 1024**2}
+
+
+def parse_file_size(text: str) -> int:
+    """Bytes from '5KB', '5 kB', '12000', '1.5MB' or '4KiB' (cwebp's and avifenc's KB is 1000 bytes)."""
+    number = text.strip().rstrip("bBiIkKmM ")
+    unit = text.strip()[len(number):].strip().upper()
+    try:
+        value = float(number) * FILE_SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise SdliteError(f"--size {text!r}: give a number of bytes, optionally with B, KB, MB, KiB or MiB") from None
+    if not 1 <= value < 2**40:
+        raise SdliteError(f"--size {text!r} is out of range")
+    return int(value)
 
 
 def parse_size(text: str) -> int:
@@ -226,10 +252,10 @@ def run_each(codec: Codec, inputs: list[str], outputs: list[str], work: Work, ve
         raise typer.Exit(1)
 
 
-def encode_file(codec: Codec, source: str, target: str, quality: int, force: bool) -> tuple[int, int]:
+def encode_file(codec: Codec, source: str, target: str, force: bool, **settings) -> tuple[int, int]:
     refuse_existing(target, force)  # before the work, not only at the rename
     data = read_input(source)
-    encoded = codec.encode(data, quality=quality)
+    encoded = codec.encode(data, **settings)
     write_output(target, encoded, force)
     return len(data), len(encoded)
 
@@ -248,6 +274,10 @@ def encode(
     output: Optional[str] = OutputOption,
     quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q", min=0, max=100,
                                 help="0 (smallest file) to 100 (best picture)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Largest file size, e.g. 5KB, 12000, 1.5MB (KB = 1000 bytes, KiB = 1024)."),
+    bpp: Optional[float] = typer.Option(None, "--bpp", help="Largest size in bits per pixel, e.g. 0.1."),
+    method: str = typer.Option(methods.DEFAULT_METHOD, "--method",
+                               help=f"Coding method: {', '.join(methods.NAMES)} (palette: the seed's look)."),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
     precision: str = PrecisionOption,
@@ -259,12 +289,18 @@ def encode(
 ) -> None:
     """Compress images into .sdc files."""
     try:
+        if size is not None and bpp is not None:
+            raise SdliteError("give --size or --bpp, not both")
+        if bpp is not None and not bpp > 0:
+            raise SdliteError(f"--bpp must be positive, got {bpp}")
+        budget = parse_file_size(size) if size is not None else None
+        methods.by_name(method)
         outputs = output_names(inputs, output, ".sdc")
         codec = Codec.load(model, device, precision=precision, max_memory=parse_size(max_memory), tile=tile,
                            max_pixels=max_pixels)
     except SdliteError as exc:
         fail(str(exc))
-    run_each(codec, inputs, outputs, functools.partial(encode_file, quality=quality, force=force), "encoded", jobs)
+    run_each(codec, inputs, outputs, functools.partial(encode_file, force=force, quality=quality, method=method, size=budget, bpp=bpp), "encoded", jobs)
 
 
 @app.command()

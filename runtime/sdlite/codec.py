@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import images, quantizer
+from . import images, methods, quantizer, ratecontrol
 from .container import SdcFile
-from .entropy import AdaptiveCategorical
 from .errors import SdliteError
 from .inference import Graph, resolve_device
 from .manifest import Manifest, load_manifest, verified_graph_bytes
@@ -112,23 +111,40 @@ class Codec:
         factor = self.manifest.downsampling_factor
         return self.decoder(latent) if tiling is None else run_tiled(self.decoder, latent, tiling, 1, factor)
 
-    def encode(self, image: images.ImageSource, quality: int = DEFAULT_QUALITY) -> bytes:
-        """The .sdc bytes of an image (a PIL image, a path, or an image file's bytes)."""
-        step = quantizer.step_for_quality(quality)
+    def encode(self, image: images.ImageSource, quality: float = DEFAULT_QUALITY, method: str = methods.DEFAULT_METHOD,
+               size: int | None = None, bpp: float | None = None) -> bytes:
+        """The .sdc bytes of an image (a PIL image, a path, or an image file's bytes), at a quality in
+        [0, 100], or as the largest file within `size` bytes or `bpp` bits per pixel."""
+        coder = methods.by_name(method)
+        quantizer.step_for_quality(quality)  # refuses a bad quality before any work
         picture = images.open_image(image, self.max_pixels)
         width, height = picture.size
-        latent = self.run_encoder(images.to_array(picture, self.manifest.downsampling_factor))[0]
-        levels = quantizer.quantize(latent, step)
-        model = AdaptiveCategorical.fit(levels)
+        latent = self.encode_latent(picture)
+        if bpp is not None:
+            size = int(bpp * width * height / 8)
+        if size is None:
+            return self.pack(latent, width, height, quality, coder)
+        return ratecontrol.largest_within(lambda q: self.pack(latent, width, height, q, coder), size)
+
+    def encode_latent(self, picture) -> np.ndarray:
+        """The encoder's latent (C, H, W) of an RGB image."""
+        return self.run_encoder(images.to_array(picture, self.manifest.downsampling_factor))[0]
+
+    def pack(self, latent: np.ndarray, width: int, height: int, quality: float, coder=None) -> bytes:
+        """The .sdc bytes of a latent: quantized at `quality` and entropy-coded by one method."""
+        coder = coder or methods.by_name(methods.DEFAULT_METHOD)
+        step_codes = quantizer.step_codes(self.manifest.channel_sensitivity, latent.shape[0])
+        model, symbols, step = methods.quantize(coder, latent, quality, step_codes)
         return SdcFile(
             latent_space_id=self.manifest.latent_space_id,
             width=width,
             height=height,
-            latent_shape=levels.shape,
+            latent_shape=latent.shape,
             step=float(step),
-            quality=quality,
+            quality=int(quality),
             model_params=model.to_bytes(),
-            payload=model.compress(levels),
+            payload=model.compress(symbols),
+            method=coder.method_id,
         ).to_bytes()
 
     def decode(self, data: bytes) -> Image.Image:
@@ -143,10 +159,10 @@ class Codec:
         machine, provider and thread count."""
         sdc = data if isinstance(data, SdcFile) else SdcFile.from_bytes(data)
         self.check_compatible(sdc)
-        model = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape[0])
+        model = methods.METHODS[sdc.method].from_bytes(sdc.model_params, sdc.latent_shape)
         levels = model.decompress(sdc.payload, sdc.latent_shape)
-        with np.errstate(over="ignore"):  # a forged step: refused just below
-            latent = quantizer.dequantize(levels, sdc.step)
+        with np.errstate(over="ignore", invalid="ignore"):  # a forged step: refused just below
+            latent = model.dequantize(levels, sdc.step)
         if not np.isfinite(latent).all():
             raise SdliteError(f"corrupt .sdc file: the quantizer step {sdc.step:g} overflows the latent")
         return latent

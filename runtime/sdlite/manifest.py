@@ -83,6 +83,9 @@ class Manifest:
     verification: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
+    # How much each latent channel moves the decoded image (mean squared pixel change per unit of
+    # squared latent change), measured by the export; empty when unknown, as in older manifests.
+    channel_sensitivity: list = field(default_factory=list)
 
     @property
     def latent_space_id(self) -> bytes:
@@ -132,6 +135,11 @@ class Manifest:
                 raise ValueError("graph file, sha256, input and output must be strings")
             if not SHA256_HEX.fullmatch(graph.sha256):
                 raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
+        sensitivity = self.channel_sensitivity
+        if not isinstance(sensitivity, list) or sensitivity and (
+                len(sensitivity) != self.latent_channels
+                or not all(type(s) in (int, float) and 0 < s < math.inf for s in sensitivity)):
+            raise ValueError("channel_sensitivity needs one positive number per latent channel")
 
     def graphs(self, precision: str) -> tuple[Graph, Graph] | None:
         """The encoder and decoder of one precision, None when the export made no such variant."""
