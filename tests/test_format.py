@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import sdlite
+from sdlite.methods import METHODS
 from sdlite import quantizer
 from sdlite.container import SdcFile
 from sdlite.entropy import AdaptiveCategorical
@@ -166,7 +167,7 @@ FORGERIES = {
     "a header bit flipped": lambda d: d[:20] + bytes([d[20] ^ 4]) + d[21:],
     "a payload bit flipped": lambda d: d[:-6] + bytes([d[-6] ^ 1]) + d[-5:],
     "version 2": lambda d: patched(d, 4, b"\x02"),
-    "method 1": lambda d: patched(d, 5, b"\x01"),
+    "method 3, not assigned": lambda d: patched(d, 5, b"\x03"),
     "method 255": lambda d: patched(d, 5, b"\xff"),
     "another latent space": lambda d: patched(d, 6, b"\x00" * 8),
     "zero width": lambda d: patched(d, 14, struct.pack("<I", 0)),
@@ -206,6 +207,8 @@ def test_both_decoders_agree_on_every_single_bit_flip_with_a_valid_crc(codec, mo
         for bit in range(8):
             flipped = bytearray(data)
             flipped[position] ^= 1 << bit
+            if position == 5 and flipped[5] in METHODS:
+                continue  # another assigned method: the second decoder implements method 0 only
             if position < len(data) - 4:  # a valid CRC, so that the rules behind it are reached
                 flipped[-4:] = struct.pack("<I", zlib.crc32(bytes(flipped[:-4])))
             real, second = both_outcomes(codec, model, bytes(flipped))
