@@ -17,7 +17,8 @@ from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
 from .sources import load_model
-from .verify import check_graph, sample_image
+from .verify import check_gradient_graph, check_graph, sample_image
+from .vjp import VJP_INPUTS, VJP_OUTPUTS, export_vjp_graph
 
 
 def quiet_libraries() -> None:
@@ -36,7 +37,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
           tolerance: float) -> Path:
     started = time.perf_counter()
     quiet_libraries()
-    progress(1, 5, f"loading {model}")
+    progress(1, 6, f"loading {model}")
     loaded = load_model(model, scaling_factor)
     factor, channels = loaded.downsampling_factor, loaded.latent_channels
     folder = out / (name or loaded.name)
@@ -46,14 +47,17 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
     try:
         encoder, decoder = loaded.encoder_graph(), loaded.decoder_graph()
         export_image = sample_image(8 * factor, 8 * factor)
-        progress(2, 5, "exporting encoder.onnx")
+        progress(2, 6, "exporting encoder.onnx")
         export_graph(encoder, export_image, staging / "encoder.onnx", ENCODER_IO)
-        progress(3, 5, "exporting decoder.onnx")
+        progress(3, 6, "exporting decoder.onnx")
         with torch.no_grad():
-            export_graph(decoder, encoder(export_image), staging / "decoder.onnx", DECODER_IO)
+            export_latent = encoder(export_image)
+            export_graph(decoder, export_latent, staging / "decoder.onnx", DECODER_IO)
+        progress(4, 6, "exporting decoder_vjp.onnx (the decoder's gradient, for the encoder's effort)")
+        export_vjp_graph(decoder, export_latent, export_image, staging / "decoder_vjp.onnx")
 
         # Another size than the export's, so the check also proves that the sides are dynamic.
-        progress(4, 5, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
+        progress(5, 6, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
         check_image = sample_image(9 * factor, 11 * factor)
         with torch.no_grad():
             check_latent = encoder(check_image)
@@ -61,9 +65,11 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             "tolerance": tolerance,
             "encoder": check_graph(encoder, staging / "encoder.onnx", ENCODER_IO, check_image, tolerance),
             "decoder": check_graph(decoder, staging / "decoder.onnx", DECODER_IO, check_latent, tolerance),
+            "decoder_vjp": check_gradient_graph(decoder, staging / "decoder_vjp.onnx", check_latent, check_image,
+                                                tolerance),
         }
 
-        progress(5, 5, f"writing {folder}")
+        progress(6, 6, f"writing {folder}")
         manifest = Manifest(
             name=folder.name,
             source=loaded.source,
@@ -74,6 +80,8 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             shift_factor=loaded.shift_factor,
             encoder=Graph("encoder.onnx", file_sha256(staging / "encoder.onnx"), *ENCODER_IO),
             decoder=Graph("decoder.onnx", file_sha256(staging / "decoder.onnx"), *DECODER_IO),
+            decoder_vjp=Graph("decoder_vjp.onnx", file_sha256(staging / "decoder_vjp.onnx"), list(VJP_INPUTS),
+                              list(VJP_OUTPUTS)),
             verification=verification,
             versions={package: version(package) for package in
                       ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
@@ -87,5 +95,6 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {folder} in {time.perf_counter() - started:.1f} s: latent space {manifest.latent_space}, "
           f"{channels} channels at 1/{factor}, encoder max diff {verification['encoder']['max_abs_diff']:.2g}, "
-          f"decoder max diff {verification['decoder']['max_abs_diff']:.2g}", file=sys.stderr)
+          f"decoder max diff {verification['decoder']['max_abs_diff']:.2g}, "
+          f"gradient max diff {verification['decoder_vjp']['max_abs_diff']:.2g}", file=sys.stderr)
     return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -28,9 +29,10 @@ def providers_for(device: str) -> list[str]:
 
 
 class Graph:
-    """One graph, one input, one output: an onnxruntime session made once and reused."""
+    """One graph: an onnxruntime session made once and reused. Names are one name or a list of them;
+    a call takes the inputs in that order and gives one array, or a tuple for several outputs."""
 
-    def __init__(self, path: Path, device: str, input_name: str, output_name: str):
+    def __init__(self, path: Path, device: str, input_name: str | Sequence[str], output_name: str | Sequence[str]):
         options = ort.SessionOptions()
         options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
         try:
@@ -39,12 +41,13 @@ class Graph:
             raise
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
             raise SdliteError(f"cannot load {path}: {str(exc).splitlines()[0]}") from None
-        self.input_name = input_name
-        self.output_name = output_name
+        self.input_names = [input_name] if isinstance(input_name, str) else list(input_name)
+        self.output_names = [output_name] if isinstance(output_name, str) else list(output_name)
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def __call__(self, array: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: array})[0]
+    def __call__(self, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        outputs = self.session.run(self.output_names, dict(zip(self.input_names, arrays)))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -31,8 +31,8 @@ def file_sha256(path: Path) -> str:
 class Graph:
     file: str
     sha256: str
-    input: str
-    output: str
+    input: str | list[str]  # a list for a graph of several inputs (or outputs), in call order
+    output: str | list[str]
 
 
 @dataclass
@@ -46,6 +46,9 @@ class Manifest:
     shift_factor: float
     encoder: Graph
     decoder: Graph
+    # (latent, target) -> (image, gradient of the MSE w.r.t. the latent), for the encoder's effort;
+    # optional: older model folders have none, and then only effort 0 is available.
+    decoder_vjp: Graph | None = None
     verification: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
 
@@ -65,8 +68,9 @@ class Manifest:
                 raise ValueError("not an sdlite model manifest")
             if data.pop("format_version", None) != MANIFEST_VERSION:
                 raise ValueError("unsupported manifest version")
-            for graph in ("encoder", "decoder"):
-                data[graph] = Graph(**data[graph])
+            for graph in ("encoder", "decoder", "decoder_vjp"):
+                if data.get(graph) is not None:
+                    data[graph] = Graph(**data[graph])
             manifest = cls(**data)
         except (ValueError, TypeError, KeyError) as exc:
             raise SdliteError(f"invalid model manifest: {exc}") from None
