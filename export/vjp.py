@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch._decomp import get_decompositions
+from torch.fx.experimental import _config as fx_config
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -64,10 +65,10 @@ class DistortionGradient(torch.nn.Module):
 
 def traced(decoder_graph: torch.nn.Module, latent: torch.Tensor, target: torch.Tensor) -> torch.fx.GraphModule:
     """The forward and backward pass as one graph of exportable operators, with symbolic sides."""
-    for parameter in decoder_graph.parameters():
-        parameter.requires_grad_(False)  # constants: only the latent's gradient is wanted
+    decoder_graph.requires_grad_(False)  # the weights are constants: only the latent's gradient is wanted
     table = {**BACKWARD_DECOMPOSITIONS, aten.convolution_backward.default: convolution_input_gradient}
-    with sdpa_kernel(SDPBackend.MATH):
+    # Without duck shapes, a side that happens to equal the channel count is not frozen along with it.
+    with sdpa_kernel(SDPBackend.MATH), fx_config.patch(use_duck_shape=False):
         return make_fx(DistortionGradient(decoder_graph), decomposition_table=table, tracing_mode="symbolic",
                        _allow_non_fake_inputs=True)(latent, target)
 

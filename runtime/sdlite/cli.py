@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -14,6 +15,7 @@ from PIL import Image
 from . import __version__
 from .codec import DEFAULT_QUALITY, Codec
 from .container import METHODS, SdcFile
+from .effort import EFFORT_STEPS, MAX_EFFORT
 from .errors import SdliteError
 from .files import write_atomic
 from .manifest import load_manifest
@@ -101,12 +103,36 @@ def run_each(inputs: list[str], outputs: list[str], work: Callable[[str, str], N
         raise typer.Exit(1)
 
 
+class StepProgress:
+    """`name: optimising 12/40` on stderr, once an image has taken more than a second, and a newline after."""
+
+    def __init__(self, name: str, after_seconds: float = 1.0):
+        self.name, self.after_seconds, self.shown = name, after_seconds, False
+
+    def __enter__(self) -> StepProgress:
+        self.started = time.monotonic()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.shown or time.monotonic() - self.started > self.after_seconds:
+            self.shown = True
+            typer.echo(f"\r{self.name}: optimising {done}/{total}", err=True, nl=False)
+
+    def __exit__(self, *exc) -> None:
+        if self.shown:
+            typer.echo("", err=True)
+
+
 @app.command()
 def encode(
     inputs: List[str] = typer.Argument(..., help="Image files ('-' for stdin)."),
     output: Optional[str] = OutputOption,
     quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q", min=0, max=100,
                                 help="0 (smallest file) to 100 (best picture)."),
+    effort: int = typer.Option(0, "--effort", "-e", min=0, max=MAX_EFFORT,
+                               help=f"0 (one pass, fast) to {MAX_EFFORT}: optimise the latent through the decoder "
+                                    f"for a better picture at about the same size ({', '.join(map(str, EFFORT_STEPS))} "
+                                    f"steps; each takes about two decodes)."),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
 ) -> None:
@@ -118,7 +144,9 @@ def encode(
         fail(str(exc))
 
     def work(source: str, target: str) -> None:
-        write_output(target, codec.encode(read_input(source), quality=quality))
+        with StepProgress(display_name(source)) as progress:
+            data = codec.encode(read_input(source), quality=quality, effort=effort, progress=progress)
+        write_output(target, data)
 
     run_each(inputs, outputs, work, "encoding")
 

@@ -1,0 +1,125 @@
+"""`python -m bench.effort`: rate-distortion curves and encode time for each encoder effort level.
+
+Every image is encoded at each quality and effort, decoded, and measured (PSNR on the RGB pixels,
+bits per pixel of the whole .sdc file, encode wall time), all in one run. Each effort's curve is then
+compared with effort 0's by its BD-rate on PSNR (negative: fewer bytes for the same PSNR), and JPEG
+(Pillow, 4:2:0) is measured on the same pictures for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import sdlite
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(10 * np.log10(255.0**2 / max(float(np.mean(difference**2)), 1e-12)))
+
+
+def center_crop(image: Image.Image, side: int) -> Image.Image:
+    if not side:
+        return image
+    width, height = image.size
+    left, top = (width - side) // 2, (height - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def bd_rate(reference: list[tuple[float, float]], test: list[tuple[float, float]]) -> float:
+    """Bjontegaard delta rate in percent from (bpp, PSNR) points: the mean difference of log-rate over
+    the PSNR range both curves cover, interpolated piecewise linearly (robust with few points)."""
+    ref = sorted(reference, key=lambda p: p[1])
+    new = sorted(test, key=lambda p: p[1])
+    low, high = max(ref[0][1], new[0][1]), min(ref[-1][1], new[-1][1])
+    if high <= low:
+        return float("nan")
+    grid = np.linspace(low, high, 200)
+    log_ref = np.interp(grid, [p[1] for p in ref], np.log([p[0] for p in ref]))
+    log_new = np.interp(grid, [p[1] for p in new], np.log([p[0] for p in new]))
+    return float((np.exp(np.mean(log_new - log_ref)) - 1) * 100)
+
+
+def psnr_at(points: list[tuple[float, float]], bpp: float) -> float:
+    """PSNR at `bpp`, interpolated on log-rate; nan outside the measured range."""
+    points = sorted(points)
+    rates = np.log([p[0] for p in points])
+    if not rates[0] <= np.log(bpp) <= rates[-1]:
+        return float("nan")
+    return float(np.interp(np.log(bpp), rates, [p[1] for p in points]))
+
+
+def jpeg_curve(pictures: list[Image.Image], qualities: list[int]) -> list[tuple[float, float]]:
+    curve = []
+    for quality in qualities:
+        rates, psnrs = [], []
+        for picture in pictures:
+            buffer = io.BytesIO()
+            picture.save(buffer, format="JPEG", quality=quality)
+            rates.append(8 * buffer.tell() / (picture.width * picture.height))
+            psnrs.append(psnr(picture, Image.open(buffer).convert("RGB")))
+        curve.append((float(np.mean(rates)), float(np.mean(psnrs))))
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.effort", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="model folder")
+    parser.add_argument("--images", type=Path, required=True, help="folder of test pictures (PNG)")
+    parser.add_argument("--crop", type=int, default=256, help="center crop side in pixels (0: whole pictures)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N pictures (0: all)")
+    parser.add_argument("--qualities", default="20,35,50,65")
+    parser.add_argument("--efforts", default="0,1,2,3")
+    parser.add_argument("--out", type=Path, help="also write the report here (markdown)")
+    args = parser.parse_args()
+
+    paths = sorted(args.images.glob("*.png"))[: args.limit or None]
+    pictures = [center_crop(Image.open(p).convert("RGB"), args.crop) for p in paths]
+    qualities = [int(q) for q in args.qualities.split(",")]
+    efforts = [int(e) for e in args.efforts.split(",")]
+    codec = sdlite.Codec.load(args.model)
+    codec.encode(pictures[0], effort=max(efforts))  # sessions made and warmed outside the timings
+
+    lines = [f"model {codec.manifest.name}, {len(pictures)} pictures from {args.images} "
+             f"({'whole' if not args.crop else f'{args.crop}x{args.crop} center crops'}); "
+             f"means over pictures", "",
+             "| effort | quality | bpp | PSNR dB | encode s/picture |", "|---|---|---|---|---|"]
+    curves: dict[int, list[tuple[float, float]]] = {}
+    times: dict[int, list[float]] = {}
+    for effort in efforts:
+        for quality in qualities:
+            rates, psnrs, seconds = [], [], []
+            for picture in pictures:
+                started = time.perf_counter()
+                data = codec.encode(picture, quality=quality, effort=effort)
+                seconds.append(time.perf_counter() - started)
+                rates.append(8 * len(data) / (picture.width * picture.height))
+                psnrs.append(psnr(picture, codec.decode(data)))
+            curves.setdefault(effort, []).append((float(np.mean(rates)), float(np.mean(psnrs))))
+            times.setdefault(effort, []).extend(seconds)
+            lines.append(f"| {effort} | {quality} | {np.mean(rates):.4f} | {np.mean(psnrs):.2f} | {np.mean(seconds):.2f} |")
+            print(lines[-1], file=sys.stderr, flush=True)
+
+    jpeg = jpeg_curve(pictures, [10, 20, 30, 40, 50, 60, 75, 90])
+    lines += ["", "| effort | BD-rate vs effort 0 (PSNR) | encode s/picture | PSNR at 0.22 / 0.33 bpp |",
+              "|---|---|---|---|"]
+    for effort in efforts:
+        at = " / ".join(f"{psnr_at(curves[effort], bpp):.2f}" for bpp in (0.22, 0.33))
+        lines.append(f"| {effort} | {bd_rate(curves[efforts[0]], curves[effort]):+.1f}% | {np.mean(times[effort]):.2f} | {at} |")
+    at = " / ".join(f"{psnr_at(jpeg, bpp):.2f}" for bpp in (0.22, 0.33))
+    lines.append(f"| JPEG | {bd_rate(curves[efforts[0]], jpeg):+.1f}% | | {at} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+
+
+if __name__ == "__main__":
+    main()
