@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The main job from a fresh clone: set up, export a VAE, and send one picture through the codec.
 #   scripts/demo.sh [MODEL] [IMAGE]
-# MODEL: a Hugging Face id (default stabilityai/sd-vae-ft-mse), a diffusers folder or a weights file.
+# MODEL: a Hugging Face id, a diffusers folder or a weights file. Without it the demo exports
+#   stabilityai/sd-vae-ft-mse from the hub, or, where the hub is out of reach, the pretrained TAEF2
+#   weights in ../shared/models/taef2 when they are there.
 # IMAGE: any picture (default: a Kodak image from ../shared when present, else one drawn here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model="${1:-stabilityai/sd-vae-ft-mse}"
+default_model=stabilityai/sd-vae-ft-mse
+offline_model=../shared/models/taef2
+model="${1:-$default_model}"
 image="${2:-../shared/data/kodak/kodim23.png}"
 scripts/setup.sh
 mkdir -p demo
@@ -17,7 +21,12 @@ picture = Image.linear_gradient('L').resize((512, 512)).convert('RGB')
 ImageDraw.Draw(picture).ellipse((128, 96, 400, 368), fill=(200, 90, 40))
 picture.save('$image')"
 fi
-.venv/bin/python -m export build --model "$model" --name demo --out demo/models
+export_model() { .venv/bin/python -m export build --model "$1" --name demo --out demo/models; }
+if ! export_model "$model"; then
+  if [ -n "${1:-}" ] || [ ! -d "$offline_model" ]; then exit 1; fi
+  echo "demo: using the TAEF2 weights in $offline_model instead" >&2
+  export_model "$offline_model"
+fi
 export SDLITE_MODELS_DIR=demo/models
 .venv/bin/sdlite encode "$image" -o demo/photo.sdc
 .venv/bin/sdlite info demo/photo.sdc
