@@ -48,12 +48,16 @@ def bd_rate(reference: list[tuple[float, float]], test: list[tuple[float, float]
 
 
 def psnr_at(points: list[tuple[float, float]], bpp: float) -> float:
-    """PSNR at `bpp`, interpolated on log-rate; nan outside the measured range."""
+    """PSNR at `bpp`, interpolated on log-rate; nan (printed "nan") outside the measured range."""
     points = sorted(points)
     rates = np.log([p[0] for p in points])
     if not rates[0] <= np.log(bpp) <= rates[-1]:
         return float("nan")
     return float(np.interp(np.log(bpp), rates, [p[1] for p in points]))
+
+
+def percent(value: float) -> str:
+    return "n/a (no common PSNR range)" if np.isnan(value) else f"{value:+.1f}%"
 
 
 def jpeg_curve(pictures: list[Image.Image], qualities: list[int]) -> list[tuple[float, float]]:
@@ -75,8 +79,8 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="folder of test pictures (PNG)")
     parser.add_argument("--crop", type=int, default=256, help="center crop side in pixels (0: whole pictures)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N pictures (0: all)")
-    parser.add_argument("--qualities", default="20,35,50,65")
-    parser.add_argument("--efforts", default="0,1,2,3")
+    parser.add_argument("--qualities", default="5,20,35,50")
+    parser.add_argument("--efforts", default="0,1,2,3,5")
     parser.add_argument("--out", type=Path, help="also write the report here (markdown)")
     args = parser.parse_args()
 
@@ -93,8 +97,11 @@ def main() -> None:
              "| effort | quality | bpp | PSNR dB | encode s/picture |", "|---|---|---|---|---|"]
     curves: dict[int, list[tuple[float, float]]] = {}
     times: dict[int, list[float]] = {}
+    # Effort 0 also at finer qualities, so that its curve reaches the PSNR of the higher efforts' and
+    # the BD-rate has a common range to integrate over.
+    finer = sorted({min(100, max(qualities) + extra) for extra in (10, 20, 30)} - set(qualities))
     for effort in efforts:
-        for quality in qualities:
+        for quality in qualities + (finer if effort == efforts[0] else []):
             rates, psnrs, seconds = [], [], []
             for picture in pictures:
                 started = time.perf_counter()
@@ -112,9 +119,9 @@ def main() -> None:
               "|---|---|---|---|"]
     for effort in efforts:
         at = " / ".join(f"{psnr_at(curves[effort], bpp):.2f}" for bpp in (0.22, 0.33))
-        lines.append(f"| {effort} | {bd_rate(curves[efforts[0]], curves[effort]):+.1f}% | {np.mean(times[effort]):.2f} | {at} |")
+        lines.append(f"| {effort} | {percent(bd_rate(curves[efforts[0]], curves[effort]))} | {np.mean(times[effort]):.2f} | {at} |")
     at = " / ".join(f"{psnr_at(jpeg, bpp):.2f}" for bpp in (0.22, 0.33))
-    lines.append(f"| JPEG | {bd_rate(curves[efforts[0]], jpeg):+.1f}% | | {at} |")
+    lines.append(f"| JPEG | {percent(bd_rate(curves[efforts[0]], jpeg))} | | {at} |")
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

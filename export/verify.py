@@ -25,13 +25,17 @@ def sample_image(height: int, width: int) -> torch.Tensor:
     return (torch.stack([red, green, blue])[None] + texture).clamp(0, 1)
 
 
-def check_graph(module: torch.nn.Module, path: Path, names: tuple[str, str], example: torch.Tensor,
-                tolerance: float) -> dict:
-    """The largest difference between onnxruntime and torch on `example`; raises when it is too large."""
+def run_onnx_checker(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise SdliteError(f"{path.name} fails onnx's checker: {str(exc).splitlines()[0]}") from None
+
+
+def check_graph(module: torch.nn.Module, path: Path, names: tuple[str, str], example: torch.Tensor,
+                tolerance: float) -> dict:
+    """The largest difference between onnxruntime and torch on `example`; raises when it is too large."""
+    run_onnx_checker(path)
     with torch.no_grad():
         expected = module(example).numpy()
     actual = Graph(path, "cpu", *names)(example.numpy())
@@ -49,10 +53,7 @@ def check_gradient_graph(decoder_graph: torch.nn.Module, path: Path, latent: tor
     """The decoder-gradient graph against torch autograd; gradients are tiny, so the bound is relative to them."""
     from .vjp import VJP_INPUTS, VJP_OUTPUTS, DistortionGradient
 
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise SdliteError(f"{path.name} fails onnx's checker: {str(exc).splitlines()[0]}") from None
+    run_onnx_checker(path)
     expected_image, expected_gradient = (t.numpy() for t in DistortionGradient(decoder_graph)(latent, target))
     image, gradient = Graph(path, "cpu", VJP_INPUTS, VJP_OUTPUTS)(latent.numpy(), target.numpy())
     if gradient.shape != expected_gradient.shape:
