@@ -36,10 +36,13 @@ def build_command(
                                                    help="Override the VAE's latent scaling factor."),
     tolerance: float = typer.Option(DEFAULT_TOLERANCE, "--tolerance",
                                     help="Largest ONNX-vs-torch difference accepted, relative to the output's range."),
+    calibration: Optional[Path] = typer.Option(
+        None, "--calibration",
+        help="Folder of photos to measure each latent channel's importance on (default: synthetic pictures)."),
 ) -> None:
     """Export a VAE's encoder and decoder, verify them, and write models/<name>/."""
     try:
-        build(model, name, out, latent_space, scaling_factor, tolerance)
+        build(model, name, out, latent_space, scaling_factor, tolerance, calibration)
     except SdliteError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None

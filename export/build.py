@@ -16,6 +16,7 @@ import torch
 from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
+from .sensitivity import calibration_pictures, channel_sensitivity
 from .sources import load_model
 from .verify import check_gradient_graph, check_graph, sample_image
 from .vjp import VJP_INPUTS, VJP_OUTPUTS, export_vjp_graph
@@ -34,10 +35,10 @@ def progress(step: int, total: int, message: str) -> None:
 
 
 def build(model: str, name: str | None, out: Path, latent_space: str | None, scaling_factor: float | None,
-          tolerance: float) -> Path:
+          tolerance: float, calibration: Path | None = None) -> Path:
     started = time.perf_counter()
     quiet_libraries()
-    progress(1, 6, f"loading {model}")
+    progress(1, 7, f"loading {model}")
     loaded = load_model(model, scaling_factor)
     factor, channels = loaded.downsampling_factor, loaded.latent_channels
     folder = out / (name or loaded.name)
@@ -47,17 +48,17 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
     try:
         encoder, decoder = loaded.encoder_graph(), loaded.decoder_graph()
         export_image = sample_image(8 * factor, 8 * factor)
-        progress(2, 6, "exporting encoder.onnx")
+        progress(2, 7, "exporting encoder.onnx")
         export_graph(encoder, export_image, staging / "encoder.onnx", ENCODER_IO)
-        progress(3, 6, "exporting decoder.onnx")
+        progress(3, 7, "exporting decoder.onnx")
         with torch.no_grad():
             export_latent = encoder(export_image)
             export_graph(decoder, export_latent, staging / "decoder.onnx", DECODER_IO)
-        progress(4, 6, "exporting decoder_vjp.onnx (the decoder's gradient, for the encoder's effort)")
+        progress(4, 7, "exporting decoder_vjp.onnx (the decoder's gradient, for the encoder's effort)")
         export_vjp_graph(decoder, export_latent, export_image, staging / "decoder_vjp.onnx")
 
         # Another size than the export's, so the check also proves that the sides are dynamic.
-        progress(5, 6, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
+        progress(5, 7, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
         check_image = sample_image(9 * factor, 11 * factor)
         with torch.no_grad():
             check_latent = encoder(check_image)
@@ -69,7 +70,10 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
                                                 tolerance),
         }
 
-        progress(6, 6, f"writing {folder}")
+        progress(6, 7, f"measuring channel sensitivities on {calibration or 'dead-leaves pictures'}")
+        sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(calibration, factor), channels)
+
+        progress(7, 7, f"writing {folder}")
         manifest = Manifest(
             name=folder.name,
             source=loaded.source,
@@ -83,6 +87,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             decoder_vjp=Graph("decoder_vjp.onnx", file_sha256(staging / "decoder_vjp.onnx"), list(VJP_INPUTS),
                               list(VJP_OUTPUTS)),
             verification=verification,
+            channel_sensitivity=sensitivity,
             versions={package: version(package) for package in
                       ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
         )

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import sdlite
-from sdlite import effort, images, quantizer
+from sdlite import effort, images, methods
 from sdlite.container import SdcFile
-from sdlite.entropy import AdaptiveCategorical
 from sdlite.inference import Graph
 
 from conftest import SHARED, TINY_CONFIG, make_vae, run
@@ -71,25 +70,39 @@ def test_histogram_rate_counts_code_lengths_and_points_to_cheaper_levels():
     assert slope[1, 0, 0] == pytest.approx(0.0)  # all zeros: both neighbours equally rare
 
 
-def objective(codec, data: bytes, pixels: np.ndarray, rate_weight: float) -> float:
-    """Distortion of the decoded latent (padded, unrounded, as the search measures it) plus weighted file bits."""
+def distortion_and_levels(codec, data: bytes, pixels: np.ndarray) -> tuple[float, np.ndarray]:
+    """The decoded latent's MSE to the padded picture (unrounded, as the search measures it), and its levels."""
     sdc = SdcFile.from_bytes(data)
-    levels = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape[0]).decompress(sdc.payload, sdc.latent_shape)
-    decoded = codec.decoder(quantizer.dequantize(levels, sdc.step)[None])
-    return float(np.mean((decoded - pixels) ** 2)) + rate_weight * 8 * len(data) / (sdc.width * sdc.height)
+    model = methods.METHODS[sdc.method].from_bytes(sdc.model_params, sdc.latent_shape)
+    levels = model.decompress(sdc.payload, sdc.latent_shape)
+    decoded = codec.decoder(model.dequantize(levels, sdc.step)[None])
+    return float(np.mean((decoded - pixels) ** 2, dtype=np.float64)), levels
 
 
+@pytest.mark.parametrize("method", ["predictive", "uniform"])
 @pytest.mark.parametrize("quality", [10, 60])
-def test_effort_lowers_distortion_plus_rate(tiny_model, quality):
+def test_effort_lowers_distortion_plus_rate(tiny_model, method, quality):
     codec = sdlite.Codec.load(tiny_model)
     image = photo(61, 45)
-    pixels = images.to_array(image, 8)
-    step = quantizer.step_for_quality(quality)
-    search = effort.LatentSearch(codec.decoder_gradient, pixels, step, 61 * 45)
-    rate_weight = search.run(codec.encoder(pixels)[0], 1).rate_weight  # set at the start: the same for every effort
-    baseline = objective(codec, codec.encode(image, quality=quality), pixels, rate_weight)
+    pixels, area = images.to_array(image, 8), 61 * 45
+    baseline = codec.encode(image, quality=quality, method=method)
+    start_distortion, start_levels = distortion_and_levels(codec, baseline, pixels)
+    # the search's rate weight, from where it starts: effort 0's levels
+    rate_weight = effort.RATE_SLOPE * start_distortion * area / effort.histogram_rate(start_levels)[0]
+
+    def objective(data: bytes) -> float:
+        return distortion_and_levels(codec, data, pixels)[0] + rate_weight * 8 * len(data) / area
+
     for level in (1, 2):
-        assert objective(codec, codec.encode(image, quality=quality, effort=level), pixels, rate_weight) <= baseline
+        assert objective(codec.encode(image, quality=quality, method=method, effort=level)) <= objective(baseline)
+
+
+def test_effort_with_rate_control_stays_within_the_budget(tiny_model):
+    codec = sdlite.Codec.load(tiny_model)
+    budget = len(codec.encode(photo(64, 48), quality=50))
+    assert len(codec.encode(photo(64, 48), size=budget, effort=1)) <= budget
+    with pytest.raises(sdlite.SdliteError, match="not palette"):
+        codec.encode(photo(64, 48), method="palette", effort=1)
 
 
 def test_effort_reports_its_steps_and_files_decode_with_the_plain_decoder(tiny_model):

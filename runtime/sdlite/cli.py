@@ -12,7 +12,7 @@ from typing import Callable, List, Optional
 import typer
 from PIL import Image
 
-from . import __version__
+from . import __version__, methods
 from .codec import DEFAULT_QUALITY, Codec
 from .container import METHODS, SdcFile
 from .effort import EFFORT_STEPS, MAX_EFFORT
@@ -81,6 +81,22 @@ def output_names(inputs: list[str], output: Optional[str], suffix: str) -> list[
     return names
 
 
+SIZE_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "KIB": 1024, "MIB": 1024**2}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '5KB', '5 kB', '12000', '1.5MB' or '4KiB'."""
+    number = text.strip().rstrip("bBiIkKmM ")
+    unit = text.strip()[len(number):].strip().upper()
+    try:
+        value = float(number) * SIZE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise SdliteError(f"--size {text!r}: give a number of bytes, optionally with B, KB, MB, KiB or MiB") from None
+    if not 1 <= value < 2**40:
+        raise SdliteError(f"--size {text!r} is out of range")
+    return int(value)
+
+
 def run_each(inputs: list[str], outputs: list[str], work: Callable[[str, str], None], label: str) -> None:
     """Run `work` on each input, report failures one line each, and carry on with the rest."""
     failures = 0
@@ -133,11 +149,21 @@ def encode(
                                help=f"0 (one pass, fast) to {MAX_EFFORT}: optimise the latent through the decoder "
                                     f"for a better picture at about the same size ({', '.join(map(str, EFFORT_STEPS))} "
                                     f"steps; each takes about two decodes)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Largest file size, e.g. 5KB, 12000, 1.5MB (KB = 1000 bytes, KiB = 1024)."),
+    bpp: Optional[float] = typer.Option(None, "--bpp", help="Largest size in bits per pixel, e.g. 0.1."),
+    method: str = typer.Option(methods.DEFAULT_METHOD, "--method",
+                               help=f"Coding method: {', '.join(methods.NAMES)} (palette: the seed's look)."),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
 ) -> None:
     """Compress images into .sdc files."""
     try:
+        if size is not None and bpp is not None:
+            raise SdliteError("give --size or --bpp, not both")
+        if bpp is not None and not bpp > 0:
+            raise SdliteError(f"--bpp must be positive, got {bpp}")
+        budget = parse_size(size) if size is not None else None
+        methods.by_name(method)
         outputs = output_names(inputs, output, ".sdc")
         codec = Codec.load(model, device)
     except SdliteError as exc:
@@ -145,7 +171,8 @@ def encode(
 
     def work(source: str, target: str) -> None:
         with StepProgress(display_name(source)) as progress:
-            data = codec.encode(read_input(source), quality=quality, effort=effort, progress=progress)
+            data = codec.encode(read_input(source), quality=quality, method=method, size=budget, bpp=bpp,
+                                effort=effort, progress=progress)
         write_output(target, data)
 
     run_each(inputs, outputs, work, "encoding")

@@ -14,7 +14,13 @@ from .errors import SdliteError
 MAGIC = b"\x89SDC"
 VERSION = 1
 METHOD_ADAPTIVE_CATEGORICAL = 0
-METHODS = {METHOD_ADAPTIVE_CATEGORICAL: "uniform step, adaptive categorical range coding"}
+METHOD_PALETTE = 1
+METHOD_PREDICTIVE = 2
+METHODS = {
+    METHOD_ADAPTIVE_CATEGORICAL: "uniform: one step, adaptive order-0 range coding (baseline)",
+    METHOD_PALETTE: "palette: 8-bit latent, dithered palette, lossless indices (the seed's method)",
+    METHOD_PREDICTIVE: "predictive: per-channel steps, row prediction, context-adaptive range coding",
+}
 
 # magic, version, method, latent space id, width, height, channels, latent height, latent width, step, quality
 _HEADER = struct.Struct("<4sBB8sIIHHHfB")

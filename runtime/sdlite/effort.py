@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 
-from . import quantizer
 from .errors import SdliteError
 from .inference import Graph
 
@@ -33,6 +32,8 @@ SMOOTHING = 0.5  # pseudo-count of every level, as an adaptive model starts with
 Progress = Callable[[int, int], None]
 # levels (channels, height, width) -> (estimated bits, d bits / d level for each element)
 RateEstimate = Callable[[np.ndarray], tuple[float, np.ndarray]]
+# latent -> (its reconstruction after quantization, the levels coded)
+Quantize = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def steps_for_effort(effort: int) -> int:
@@ -58,40 +59,45 @@ def histogram_rate(levels: np.ndarray) -> tuple[float, np.ndarray]:
 
 @dataclass
 class SearchResult:
-    levels: np.ndarray  # the best quantized latent found
+    latent: np.ndarray  # the best latent found: quantized by the same method, it gives the best levels
     distortion: float  # its mean squared error
-    start_levels: np.ndarray  # the encoder's own, effort 0
-    start_distortion: float
+    start_distortion: float  # the encoder's own latent's, effort 0
     rate_weight: float  # distortion (MSE) per bit per pixel, as weighed in the search
 
 
 class LatentSearch:
-    """Adam on the latent through the decoder's gradient graph, at fixed quantizer steps."""
+    """Adam on the latent through the decoder's gradient graph, at fixed quantizer steps.
 
-    def __init__(self, gradient: Graph, target: np.ndarray, step: np.ndarray | float, pixels: int,
+    `quantize` is the coding method's quantizer: latent -> (the reconstruction the decoder will see, the
+    levels coded); `steps` its step for each channel, which turns the rate's slope per level into one
+    per latent unit.
+    """
+
+    def __init__(self, gradient: Graph, target: np.ndarray, quantize: Quantize, steps: np.ndarray, pixels: int,
                  rate: RateEstimate = histogram_rate):
         self.gradient = gradient
-        self.rate = rate
         self.target = target  # the padded picture, NCHW in [0, 1]
-        self.step = np.asarray(step, dtype=np.float32).reshape(-1, 1, 1)  # one step, or one per channel
+        self.quantize = quantize
+        self.steps = np.asarray(steps, dtype=np.float32).reshape(-1, 1, 1)
         self.pixels = pixels
+        self.rate = rate
 
-    def objective(self, levels: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-        """Distortion, estimated bits, and the gradients of both with respect to the latent (summed later)."""
-        latent = quantizer.dequantize(levels, self.step)
-        image, distortion_gradient = self.gradient(latent[None], self.target)
+    def objective(self, latent: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+        """Distortion and estimated bits of the quantized latent, and their gradients (straight through
+        the quantizer) with respect to the latent."""
+        reconstruction, levels = self.quantize(latent)
+        image, distortion_gradient = self.gradient(reconstruction[None], self.target)
         distortion = float(np.mean((image - self.target) ** 2, dtype=np.float64))
         bits, bits_per_level = self.rate(levels)
-        return distortion, bits, distortion_gradient[0], bits_per_level / self.step
+        return distortion, bits, distortion_gradient[0], bits_per_level / self.steps
 
     def run(self, latent: np.ndarray, steps: int, progress: Progress | None = None) -> SearchResult:
-        start = quantizer.quantize(latent, self.step)
-        distortion, bits, distortion_gradient, rate_gradient = self.objective(start)
+        variable = latent.astype(np.float32).copy()
+        distortion, bits, distortion_gradient, rate_gradient = self.objective(variable)
         bpp = max(bits / self.pixels, 1e-6)
         rate_weight = RATE_SLOPE * distortion / bpp
         start_distortion = distortion
-        best_levels, best_distortion, best_loss = start, distortion, distortion + rate_weight * bpp
-        variable = latent.astype(np.float32).copy()
+        best, best_distortion, best_loss = variable.copy(), distortion, distortion + rate_weight * bpp
         first_moment = np.zeros_like(variable)
         second_moment = np.zeros_like(variable)
         for iteration in range(1, steps + 1):
@@ -103,11 +109,10 @@ class LatentSearch:
             # Decay to zero so that the last steps settle on a quantized point instead of jumping around it.
             decay = 1.0 - (iteration - 1) / steps
             variable -= decay * LEARNING_RATE * corrected_first / (np.sqrt(corrected_second) + 1e-12)
-            levels = quantizer.quantize(variable, self.step)
-            distortion, bits, distortion_gradient, rate_gradient = self.objective(levels)
+            distortion, bits, distortion_gradient, rate_gradient = self.objective(variable)
             loss = distortion + rate_weight * bits / self.pixels
             if loss < best_loss:
-                best_levels, best_distortion, best_loss = levels, distortion, loss
+                best, best_distortion, best_loss = variable.copy(), distortion, loss
             if progress is not None:
                 progress(iteration, steps)
-        return SearchResult(best_levels, best_distortion, start, start_distortion, rate_weight)
+        return SearchResult(best, best_distortion, start_distortion, rate_weight)

@@ -1,4 +1,5 @@
-"""The entropy model: an adaptive frequency model per latent channel, driving a range coder.
+"""Method 0, the naive baseline: one step for every channel, and an adaptive frequency model per latent
+channel driving a range coder.
 
 Each channel's levels lie in a range [lowest, lowest + size) that the header carries. Every level
 starts with a count of 1; after each latent row the counts of the levels seen are raised, so the model
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import constriction
 
+from . import quantizer
 from .errors import SdliteError
 from .quantizer import LARGEST_LEVEL
 
@@ -39,6 +41,9 @@ class _Counts:
 class AdaptiveCategorical:
     """Levels of shape (channels, height, width), coded row by row, channel by channel within a row."""
 
+    method_id = 0
+    name = "uniform"
+
     def __init__(self, lowest: np.ndarray, sizes: np.ndarray):
         self.lowest = np.asarray(lowest, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -49,6 +54,15 @@ class AdaptiveCategorical:
         lowest, highest = flat.min(axis=1), flat.max(axis=1)
         return cls(lowest, highest - lowest + 1)
 
+    @classmethod
+    def quantize(cls, latent: np.ndarray, step: float, step_codes: np.ndarray) -> tuple[AdaptiveCategorical, np.ndarray]:
+        """The baseline ignores the per-channel steps: one step for all channels, plain rounding."""
+        levels = quantizer.quantize(latent, np.float32(step))
+        return cls.fit(levels), levels
+
+    def dequantize(self, levels: np.ndarray, step: float) -> np.ndarray:
+        return quantizer.dequantize(levels, np.float32(step))
+
     def to_bytes(self) -> bytes:
         out = bytearray()
         for lowest, size in zip(self.lowest, self.sizes):
@@ -56,7 +70,8 @@ class AdaptiveCategorical:
         return bytes(out)
 
     @classmethod
-    def from_bytes(cls, data: bytes, channels: int) -> AdaptiveCategorical:
+    def from_bytes(cls, data: bytes, shape: tuple[int, int, int]) -> AdaptiveCategorical:
+        channels = shape[0]
         values, position = [], 0
         for _ in range(2 * channels):
             value, position = _read_varint(data, position)

@@ -51,6 +51,9 @@ class Manifest:
     decoder_vjp: Graph | None = None
     verification: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
+    # How much each latent channel moves the decoded image (mean squared pixel change per unit of
+    # squared latent change), measured by the export; empty when unknown, as in older manifests.
+    channel_sensitivity: list = field(default_factory=list)
 
     @property
     def latent_space_id(self) -> bytes:
@@ -76,6 +79,10 @@ class Manifest:
             raise SdliteError(f"invalid model manifest: {exc}") from None
         if manifest.latent_channels < 1 or manifest.downsampling_factor < 1:
             raise SdliteError("invalid model manifest: latent_channels and downsampling_factor must be positive")
+        sensitivity = manifest.channel_sensitivity
+        if sensitivity and (len(sensitivity) != manifest.latent_channels
+                            or not all(isinstance(s, (int, float)) and 0 < s < float("inf") for s in sensitivity)):
+            raise SdliteError("invalid model manifest: channel_sensitivity needs one positive number per latent channel")
         return manifest
 
 

@@ -1,0 +1,298 @@
+"""The rate-distortion engine: quantizers, entropy models, methods, rate control (small random VAE)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import sdlite
+from sdlite import methods, quantizer, ratecontrol
+from sdlite.container import SdcFile
+from sdlite.entropy import AdaptiveCategorical
+from sdlite.palette import PaletteModel, palette_size
+from sdlite.predictive import DEAD_ZONE, LARGEST_RESIDUAL, PredictiveModel, estimated_bits
+
+from conftest import run
+from pictures import photo
+
+
+@pytest.fixture(scope="module")
+def codec(tiny_model):
+    return sdlite.Codec.load(tiny_model)
+
+
+def smooth_latent(channels=5, height=9, width=11, seed=0) -> np.ndarray:
+    """Correlated along rows and columns, with channel scales from 0.3 to 1.5, like a real latent."""
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(size=(channels, height + 2, width + 2))
+    smooth = (noise[:, 1:-1, 1:-1] + noise[:, :-2, 1:-1] + noise[:, 1:-1, :-2]) / np.sqrt(3)
+    return (smooth * np.linspace(0.3, 1.5, channels)[:, None, None] + 0.2).astype(np.float32)
+
+
+# -- per-channel steps -------------------------------------------------------------------------------
+
+def test_step_multipliers_follow_one_over_sqrt_sensitivity():
+    codes = quantizer.step_codes([16.0, 1.0, 1 / 16], 3)
+    steps = quantizer.channel_steps(0.5, codes)
+    assert list(codes) == [-16, 0, 16]
+    assert np.allclose(steps, [0.125, 0.5, 2.0])
+    assert list(quantizer.step_codes([], 4)) == [0, 0, 0, 0]
+
+
+def test_written_out_octave_fractions_are_the_powers_of_two():
+    assert np.allclose(quantizer._OCTAVE_FRACTIONS, [2 ** (j / 8) for j in range(8)], rtol=1e-15, atol=0)
+    codes = np.arange(-quantizer.LARGEST_STEP_CODE, quantizer.LARGEST_STEP_CODE + 1)
+    assert np.allclose(quantizer.channel_steps(1.0, codes), 2.0 ** (codes / 8), rtol=1e-7)
+
+
+def test_step_codes_are_clipped_for_extreme_sensitivities():
+    codes = quantizer.step_codes([1e12, 1.0, 1e-12], 3)
+    assert np.abs(codes.astype(int)).max() <= quantizer.LARGEST_STEP_CODE
+
+
+# -- entropy models: bit-exact round trips of symbol arrays -----------------------------------------
+
+def predictive_model(latent, step=0.3, codes=None):
+    codes = np.zeros(latent.shape[0], np.int8) if codes is None else codes
+    return PredictiveModel.quantize(latent, step, codes)
+
+
+@pytest.mark.parametrize("step", [0.05, 0.3, 1.5, 20.0])
+def test_predictive_levels_round_trip_exactly(step):
+    latent = smooth_latent(channels=6, height=13, width=17)
+    model, levels = predictive_model(latent, step)
+    decoded_model = PredictiveModel.from_bytes(model.to_bytes(), latent.shape)
+    assert decoded_model.to_bytes() == model.to_bytes()
+    assert np.array_equal(decoded_model.decompress(model.compress(levels), latent.shape), levels)
+
+
+def test_predictive_coder_takes_any_levels_within_its_alphabet():
+    rng = np.random.default_rng(3)
+    levels = np.clip(np.rint(rng.laplace(0, 3, (4, 6, 7))), -LARGEST_RESIDUAL, LARGEST_RESIDUAL).astype(np.int32)
+    levels[0, 0, 0] = LARGEST_RESIDUAL
+    model = PredictiveModel(np.zeros(4), np.zeros(4), np.zeros((4, 3)), np.zeros(4), LARGEST_RESIDUAL)
+    assert np.array_equal(model.decompress(model.compress(levels), levels.shape), levels)
+
+
+def test_predictive_payload_is_pinned():
+    """The bitstream is the format: a change in contexts, counts or coder shows up here. Integer
+    inputs only, so the pin holds on every machine."""
+    rng = np.random.default_rng(7)
+    shape = (3, 8, 10)
+    levels = (rng.integers(-4, 5, shape) * rng.integers(0, 2, shape)).astype(np.int32)
+    model = PredictiveModel([-3, 0, 5], [1, 0, -2], [[10, 20, 5], [0, 30, 0], [-5, 40, 10]], [20, 0, 64], 4)
+    payload = model.compress(levels)
+    assert hashlib.sha256(payload).hexdigest()[:16] == PINNED_PREDICTIVE
+    assert np.array_equal(PredictiveModel.from_bytes(model.to_bytes(), shape).decompress(payload, shape), levels)
+
+
+PINNED_PREDICTIVE = "b2103b3e74bcddf7"
+
+
+def test_uniform_and_palette_symbols_round_trip_exactly():
+    latent = smooth_latent()
+    model, levels = AdaptiveCategorical.quantize(latent, 0.1, None)
+    again = AdaptiveCategorical.from_bytes(model.to_bytes(), latent.shape)
+    assert np.array_equal(again.decompress(model.compress(levels), latent.shape), levels)
+    palette, indices = PaletteModel.quantize(latent, 90)
+    again = PaletteModel.from_bytes(palette.to_bytes(), latent.shape)
+    assert np.array_equal(again.decompress(palette.compress(indices), latent.shape), indices)
+    assert np.array_equal(again.palette, palette.palette)
+
+
+# -- quantizers ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("step", [0.05, 0.4])
+def test_decoder_rebuilds_the_encoders_reconstruction_within_the_dead_zone(step):
+    latent = smooth_latent(channels=4, height=10, width=12, seed=1)
+    codes = np.array([-4, 0, 3, 8], np.int8)
+    model, levels = predictive_model(latent, step, codes)
+    _, encoder_side, _ = model._closed_loop(latent, step)
+    decoder_side = PredictiveModel.from_bytes(model.to_bytes(), latent.shape).dequantize(levels, step)
+    assert np.array_equal(encoder_side, decoder_side)
+    steps = quantizer.channel_steps(step, codes)[:, None, None]
+    worst = max(DEAD_ZONE, 1 - DEAD_ZONE + model.offsets.max() / 256)
+    assert np.all(np.abs(decoder_side - latent) <= steps * worst * (1 + 1e-5))
+
+
+def test_reconstruction_offsets_pull_nonzero_levels_towards_zero_at_coarse_steps():
+    model, _ = predictive_model(smooth_latent(channels=3, height=40, width=40, seed=2), 1.0)
+    assert model.offsets.max() > 0 and np.all(model.offsets <= 128)
+
+
+def test_prediction_lowers_the_rate_of_a_correlated_latent():
+    latent = smooth_latent(channels=4, height=32, width=32)
+    model, levels = predictive_model(latent, 0.1)
+    flat = PredictiveModel(model.step_codes, model.means, np.zeros((4, 3)), model.offsets, 0)
+    flat_levels, _, _ = flat._closed_loop(latent, 0.1)
+    flat.largest = int(np.abs(flat_levels).max())
+    assert np.abs(model.weights).sum() > 0
+    assert len(model.compress(levels)) < len(flat.compress(flat_levels))
+
+
+def test_palette_has_the_seeds_256_entries_at_quality_100():
+    assert palette_size(100) == 256 and palette_size(90) == 128 and palette_size(0) == 2
+    latent = smooth_latent(channels=4, height=24, width=24)
+    model, indices = PaletteModel.quantize(latent, 100)
+    assert len(model.palette) == 256 and indices.shape == (1, 24, 24)
+    error = np.abs(model.dequantize(indices, 1.0) - latent)
+    assert error.mean() < 0.3 * np.abs(latent).mean()  # dithering trades error for texture
+
+
+# -- parameters from hostile files -------------------------------------------------------------------
+
+def test_hostile_predictive_parameters_are_refused():
+    model, _ = predictive_model(smooth_latent(channels=2), 0.3)
+    shape = (2, 9, 11)
+    good = bytearray(model.to_bytes())
+    for position, value in [(1, 0x01), (2, 0x7F), (6, 200), (8, 0x7F), (9, 0x7F), (10, 0x7F)]:
+        bad = bytearray(good)
+        bad[position] = value
+        with pytest.raises(sdlite.SdliteError):
+            PredictiveModel.from_bytes(bytes(bad), shape)
+    with pytest.raises(sdlite.SdliteError):
+        PredictiveModel.from_bytes(bytes(good[:-1]), shape)
+
+
+def test_hostile_palette_parameters_are_refused():
+    model, _ = PaletteModel.quantize(smooth_latent(channels=2), 80)
+    good = model.to_bytes()
+    for bad in (good[:-1], b"\x00\x00" + good[2:], b"\x01\x01" + good[2:],
+                good[:2] + np.float32(np.nan).tobytes() + good[6:]):
+        with pytest.raises(sdlite.SdliteError):
+            PaletteModel.from_bytes(bad, (2, 9, 11))
+
+
+@pytest.mark.parametrize("method", list(methods.NAMES))
+def test_random_payloads_and_parameters_end_in_an_image_or_a_clear_error(codec, method):
+    sdc = SdcFile.from_bytes(codec.encode(photo(40, 24), method=method))
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        params = bytearray(sdc.model_params)
+        if trial % 2:
+            params[rng.integers(len(params))] = rng.integers(256)
+        payload = bytes(rng.integers(0, 256, len(sdc.payload) or 8, dtype=np.uint8))
+        forged = SdcFile(sdc.latent_space_id, sdc.width, sdc.height, sdc.latent_shape, sdc.step, sdc.quality,
+                         bytes(params), payload, sdc.method).to_bytes()
+        try:
+            assert codec.decode(forged).size == (40, 24)
+        except sdlite.SdliteError:
+            pass
+
+
+# -- the codec and rate control ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", list(methods.NAMES))
+def test_each_method_round_trips_and_is_recorded(codec, method):
+    data = codec.encode(photo(50, 30), quality=60, method=method)
+    sdc = SdcFile.from_bytes(data)
+    assert sdc.method == methods.by_name(method).method_id
+    assert codec.decode(data).size == (50, 30)
+    assert codec.encode(photo(50, 30), quality=60, method=method) == data
+
+
+def test_the_default_method_is_predictive(codec):
+    assert SdcFile.from_bytes(codec.encode(photo(16, 16))).method == PredictiveModel.method_id
+
+
+def test_an_unknown_method_is_refused(codec):
+    with pytest.raises(sdlite.SdliteError, match="unknown method"):
+        codec.encode(photo(16, 16), method="magic")
+
+
+@pytest.mark.parametrize("method", ["predictive", "uniform"])
+def test_a_size_target_is_met_from_below_and_sizes_grow_with_it(codec, method):
+    image = photo(96, 64)
+    smallest, largest = (len(codec.encode(image, quality=q, method=method)) for q in (0, 100))
+    sizes = []
+    for budget in np.linspace(smallest, largest * 0.9, 6).astype(int):
+        size = len(codec.encode(image, size=int(budget), method=method))
+        assert size <= budget
+        sizes.append(size)
+    assert sizes == sorted(sizes)
+    assert len(codec.encode(image, size=10**9, method=method)) == largest
+
+
+def test_bits_per_pixel_is_a_size_in_other_units(codec):
+    image = photo(96, 64)
+    budget = len(codec.encode(image, quality=50))
+    bpp = 8 * budget / (96 * 64)
+    assert codec.encode(image, bpp=bpp) == codec.encode(image, size=budget)
+
+
+def test_a_size_below_the_smallest_file_is_refused(codec):
+    with pytest.raises(sdlite.SdliteError, match="cannot fit"):
+        codec.encode(photo(96, 64), size=10)
+
+
+def test_rate_control_keeps_the_largest_file_that_fits():
+    sizes = {}
+
+    def encode(quality: float) -> bytes:
+        sizes[quality] = int(100 + 9 * quality)
+        return bytes(sizes[quality])
+
+    data = ratecontrol.largest_within(encode, 555)
+    assert 550 <= len(data) <= 555 and len(data) == max(s for s in sizes.values() if s <= 555)
+
+
+def test_rate_estimate_tracks_the_coded_size_and_has_gradients():
+    latent = smooth_latent(channels=4, height=32, width=32)
+    for step in (0.1, 0.4):
+        model, levels = predictive_model(latent, step)
+        actual = 8 * len(model.compress(levels))
+        estimate = estimated_bits(latent, step, model).sum()
+        assert 0.6 * actual < estimate < 1.6 * actual
+    import torch
+
+    tensor = torch.tensor(latent, requires_grad=True)
+    estimated_bits(tensor, 0.1, model, xp=torch).sum().backward()
+    assert torch.isfinite(tensor.grad).all() and tensor.grad.abs().sum() > 0
+
+
+# -- the command line ----------------------------------------------------------------------------------
+
+def test_cli_size_bpp_and_method(tiny_model, tmp_path):
+    source = tmp_path / "in.png"
+    photo(96, 64).save(source)
+    sdlite_cli = [sys.executable, "-m", "sdlite.cli"]
+    result = run(*sdlite_cli, "encode", str(source), "-o", str(tmp_path / "a.sdc"), "--size", "0.4KB",
+                 "--model", str(tiny_model))
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "a.sdc").stat().st_size <= 400
+    result = run(*sdlite_cli, "encode", str(source), "-o", str(tmp_path / "b.sdc"), "--bpp", "0.5",
+                 "--method", "uniform", "--model", str(tiny_model))
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "b.sdc").stat().st_size <= 0.5 * 96 * 64 / 8
+    result = run(*sdlite_cli, "info", str(tmp_path / "b.sdc"))
+    assert b"uniform" in result.stdout
+    for bad in (["--size", "lots"], ["--size", "1KB", "--bpp", "0.1"], ["--method", "magic"], ["--size", "3"]):
+        result = run(*sdlite_cli, "encode", str(source), "-o", str(tmp_path / "c.sdc"), *bad, "--model", str(tiny_model))
+        assert result.returncode == 1 and result.stderr.decode().count("\n") == 1, result.stderr.decode()
+        assert not (tmp_path / "c.sdc").exists()
+
+
+def test_the_export_measures_channel_sensitivities(tiny_model):
+    sensitivity = json.loads((tiny_model / "manifest.json").read_text())["channel_sensitivity"]
+    assert len(sensitivity) == 4 and all(s > 0 for s in sensitivity)
+
+
+def test_a_manifest_with_bad_sensitivities_is_refused(tiny_model):
+    manifest = json.loads((tiny_model / "manifest.json").read_text())
+    for bad in ([1.0], [1.0, -1.0, 1.0, 1.0], ["x", 1, 1, 1]):
+        with pytest.raises(sdlite.SdliteError, match="channel_sensitivity"):
+            sdlite.Manifest.from_json(json.dumps({**manifest, "channel_sensitivity": bad}))
+
+
+def test_a_row_coded_in_pieces_gives_the_same_stream(monkeypatch):
+    from sdlite import predictive
+
+    model, levels = predictive_model(smooth_latent(channels=4, height=6, width=30), 0.1)
+    whole = model.compress(levels)
+    monkeypatch.setattr(predictive, "CHUNK_ENTRIES", 7 * (2 * model.largest + 1))
+    assert model.compress(levels) == whole
+    assert np.array_equal(model.decompress(whole, levels.shape), levels)
