@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 import sdlite
+from sdlite import methods
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N pictures (0: all)")
     parser.add_argument("--qualities", default="5,20,35,50")
     parser.add_argument("--efforts", default="0,1,2,3,5")
+    parser.add_argument("--method", default=methods.DEFAULT_METHOD, help="coding method (uniform or predictive)")
     parser.add_argument("--out", type=Path, help="also write the report here (markdown)")
     args = parser.parse_args()
 
@@ -89,9 +91,9 @@ def main() -> None:
     qualities = [int(q) for q in args.qualities.split(",")]
     efforts = [int(e) for e in args.efforts.split(",")]
     codec = sdlite.Codec.load(args.model)
-    codec.encode(pictures[0], effort=max(efforts))  # sessions made and warmed outside the timings
+    codec.encode(pictures[0], method=args.method, effort=max(efforts))  # sessions made and warmed outside the timings
 
-    lines = [f"model {codec.manifest.name}, {len(pictures)} pictures from {args.images} "
+    lines = [f"model {codec.manifest.name}, method {args.method}, {len(pictures)} pictures from {args.images} "
              f"({'whole' if not args.crop else f'{args.crop}x{args.crop} center crops'}); "
              f"means over pictures", "",
              "| effort | quality | bpp | PSNR dB | encode s/picture |", "|---|---|---|---|---|"]
@@ -105,7 +107,7 @@ def main() -> None:
             rates, psnrs, seconds = [], [], []
             for picture in pictures:
                 started = time.perf_counter()
-                data = codec.encode(picture, quality=quality, effort=effort)
+                data = codec.encode(picture, quality=quality, method=args.method, effort=effort)
                 seconds.append(time.perf_counter() - started)
                 rates.append(8 * len(data) / (picture.width * picture.height))
                 psnrs.append(psnr(picture, codec.decode(data)))
