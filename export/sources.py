@@ -228,7 +228,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as exc:  # safetensors and the unpickler raise many unrelated types for bad files
         raise SdliteError(f"{path}: cannot read weights ({_first_line(exc)})") from None
-    state = state.get("state_dict", state)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SdliteError(f"{path}: not a state dict of tensors")
     return state

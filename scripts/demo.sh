@@ -28,7 +28,7 @@ if ! export_model "$model"; then
   export_model "$offline_model"
 fi
 export SDLITE_MODELS_DIR=demo/models
-.venv/bin/sdlite encode "$image" -o demo/photo.sdc
+.venv/bin/sdlite encode "$image" -o demo/photo.sdc --force
 .venv/bin/sdlite info demo/photo.sdc
-.venv/bin/sdlite decode demo/photo.sdc -o demo/photo.png
+.venv/bin/sdlite decode demo/photo.sdc -o demo/photo.png --force
 echo "decoded picture: demo/photo.png"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import sys
 import time
 import warnings
@@ -13,7 +15,7 @@ import typer
 from PIL import Image
 
 from . import __version__, methods
-from .codec import DEFAULT_QUALITY, Codec
+from .codec import DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, Codec
 from .container import METHODS, SdcFile
 from .effort import EFFORT_STEPS, MAX_EFFORT
 from .errors import SdliteError
@@ -29,6 +31,9 @@ ModelOption = typer.Option(None, "--model", "-m", help="Model folder, or name un
 DeviceOption = typer.Option("cpu", "--device", help="cpu, cuda or auto.")
 OutputOption = typer.Option(None, "--output", "-o",
                             help="Output file ('-' for stdout), or a directory when there are several inputs.")
+ForceOption = typer.Option(False, "--force", "-f", help="Replace outputs that already exist.")
+MaxPixelsOption = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+                               help="Refuse images (and files that claim images) with more pixels.")
 
 
 def fail(message: str) -> None:
@@ -49,13 +54,20 @@ def read_input(name: str) -> bytes:
         raise SdliteError(exc.strerror or str(exc)) from None
 
 
-def write_output(name: Path | str, data: bytes) -> None:
+def refuse_existing(name: str, force: bool) -> None:
+    if not force and name != STDIO and os.path.lexists(name):
+        raise SdliteError(f"{name} already exists (use --force to replace it)")
+
+
+def write_output(name: Path | str, data: bytes, force: bool) -> None:
     if str(name) == STDIO:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     try:
-        write_atomic(Path(name), data)
+        write_atomic(Path(name), data, replace=force)
+    except FileExistsError:
+        raise SdliteError(f"{name} already exists (use --force to replace it)") from None
     except OSError as exc:
         raise SdliteError(f"cannot write {name}: {exc.strerror or exc}") from None
 
@@ -76,7 +88,7 @@ def output_names(inputs: list[str], output: Optional[str], suffix: str) -> list[
         folder = None if output is None else Path(output)
         names = [str((folder or Path(name).parent) / (Path(name).stem + suffix)) for name in inputs]
     for source, target in zip(inputs, names):
-        if source != STDIO and target != STDIO and Path(target).resolve() == Path(source).resolve():
+        if source != STDIO and target != STDIO and same_file(source, target):
             raise SdliteError(f"{source}: the output would overwrite the input")
     return names
 
@@ -97,6 +109,14 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+def same_file(source: str, target: str) -> bool:
+    """Also through symbolic and hard links, which a path comparison misses."""
+    try:
+        return os.path.samefile(source, target)
+    except OSError:  # one of them does not exist (yet)
+        return Path(target).resolve() == Path(source).resolve()
+
+
 def run_each(inputs: list[str], outputs: list[str], work: Callable[[str, str], None], label: str) -> None:
     """Run `work` on each input, report failures one line each, and carry on with the rest."""
     failures = 0
@@ -112,6 +132,8 @@ def run_each(inputs: list[str], outputs: list[str], work: Callable[[str, str], N
                     newline = "\n" if len(inputs) > 1 else ""  # off the progress bar's line
                     typer.echo(f"{newline}sdlite: error: {display_name(source)}: {exc}", err=True)
             for warning in caught:
+                if issubclass(warning.category, Image.DecompressionBombWarning):
+                    continue  # the refusal that follows says it
                 typer.echo(f"sdlite: warning: {display_name(source)}: {warning.message}", err=True)
     if failures:
         if len(inputs) > 1:
@@ -155,6 +177,8 @@ def encode(
                                help=f"Coding method: {', '.join(methods.NAMES)} (palette: the seed's look)."),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
+    force: bool = ForceOption,
+    max_pixels: int = MaxPixelsOption,
 ) -> None:
     """Compress images into .sdc files."""
     try:
@@ -165,15 +189,16 @@ def encode(
         budget = parse_size(size) if size is not None else None
         methods.by_name(method)
         outputs = output_names(inputs, output, ".sdc")
-        codec = Codec.load(model, device)
+        codec = Codec.load(model, device, max_pixels=max_pixels)
     except SdliteError as exc:
         fail(str(exc))
 
     def work(source: str, target: str) -> None:
+        refuse_existing(target, force)
         with StepProgress(display_name(source)) as progress:
             data = codec.encode(read_input(source), quality=quality, method=method, size=budget, bpp=bpp,
                                 effort=effort, progress=progress)
-        write_output(target, data)
+        write_output(target, data, force)
 
     run_each(inputs, outputs, work, "encoding")
 
@@ -184,18 +209,21 @@ def decode(
     output: Optional[str] = OutputOption,
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
+    force: bool = ForceOption,
+    max_pixels: int = MaxPixelsOption,
 ) -> None:
     """Decompress .sdc files into images (PNG by default; the output's suffix picks the format)."""
     try:
         outputs = output_names(inputs, output, ".png")
         first = read_input(inputs[0]) if inputs[0] == STDIO else None
-        codec = Codec.load(model, device, latent_space=_latent_space_of(first, inputs[0]))
+        codec = Codec.load(model, device, latent_space=_latent_space_of(first, inputs[0]), max_pixels=max_pixels)
     except SdliteError as exc:
         fail(str(exc))
 
     def work(source: str, target: str) -> None:
+        refuse_existing(target, force)
         data = first if source == STDIO else read_input(source)
-        write_output(target, image_bytes(codec.decode(data), target))
+        write_output(target, image_bytes(codec.decode(data), target), force)
 
     run_each(inputs, outputs, work, "decoding")
 
@@ -283,7 +311,14 @@ def main_options(
     """sdlite: a learned image codec on the Stable Diffusion VAE."""
 
 
+def terminate(signum: int, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the temporary file being written is removed."""
+    typer.echo("sdlite: terminated", err=True)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, terminate)
     try:
         app(prog_name="sdlite")
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,57 +14,64 @@ from . import images, methods, quantizer, ratecontrol
 from .container import SdcFile
 from .errors import SdliteError
 from .inference import Graph
-from .manifest import Manifest, load_manifest, verified_graph_path
+from .manifest import Manifest, load_manifest, verified_graph_bytes
 from .models import find_model
 from .palette import PaletteModel
 from .predictive import PredictiveModel
 
 DEFAULT_QUALITY = 50
-MAX_PIXELS = 1 << 28  # what a header may claim before anything is allocated for it
+# The most pixels an image or a file's header may have (1024 x 1024), checked before anything is
+# allocated for them. A .sdc file of a few bytes can legitimately hold a large flat picture, so this
+# limit is what keeps a hostile one from filling the memory: the SD 1.x VAE's attention matrix alone
+# takes 4 * (pixels / 64)^2 bytes, 1 GB at this limit and 275 GB at 4096 x 4096.
+DEFAULT_MAX_PIXELS = 1 << 20
 
 
 class Codec:
-    """One model's encoder and decoder, loaded once and reused for every image."""
+    """One model's encoder and decoder, loaded once and reused for every image; safe to share between threads."""
 
-    def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu"):
+    def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu",
+                 max_pixels: int = DEFAULT_MAX_PIXELS, threads: int | None = None):
         self.folder = folder
         self.manifest = manifest
         self.device = device
-        self._encoder: Graph | None = None
-        self._decoder: Graph | None = None
-        self._decoder_gradient: Graph | None = None
+        self.max_pixels = max_pixels
+        self.threads = threads
+        self._graphs: dict[str, Graph] = {}
+        self._graphs_lock = threading.Lock()
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "cpu",
-             latent_space: bytes | None = None) -> Codec:
+             latent_space: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+             threads: int | None = None) -> Codec:
         """A codec for a model folder, a model name under the models directory, or the only one installed
-        (among several, the one whose latent space id is `latent_space`, when given)."""
+        (among several, the one whose latent space id is `latent_space`, when given). `threads` sets
+        onnxruntime's intra-op threads (None: its default); the files written do not depend on it."""
         folder = find_model(model, latent_space)
-        return cls(folder, load_manifest(folder), device)
+        return cls(folder, load_manifest(folder), device, max_pixels, threads)
 
     @property
     def encoder(self) -> Graph:
-        if self._encoder is None:  # made on first use, so decoding never pays for the encoder
-            self._encoder = self._graph(self.manifest.encoder)
-        return self._encoder
+        return self._graph("encoder")  # made on first use, so decoding never pays for the encoder
 
     @property
     def decoder(self) -> Graph:
-        if self._decoder is None:
-            self._decoder = self._graph(self.manifest.decoder)
-        return self._decoder
+        return self._graph("decoder")
 
     @property
     def decoder_gradient(self) -> Graph:
-        if self._decoder_gradient is None:
-            if self.manifest.decoder_vjp is None:
-                raise SdliteError(f"model {self.manifest.name} has no decoder gradient graph (exported by an older "
-                                  f"version): re-export it with `python -m export build`, or use effort 0")
-            self._decoder_gradient = self._graph(self.manifest.decoder_vjp)
-        return self._decoder_gradient
+        if self.manifest.decoder_vjp is None:
+            raise SdliteError(f"model {self.manifest.name} has no decoder gradient graph (exported by an older "
+                              f"version): re-export it with `python -m export build`, or use effort 0")
+        return self._graph("decoder_vjp")
 
-    def _graph(self, graph) -> Graph:
-        return Graph(verified_graph_path(self.folder, graph), self.device, graph.input, graph.output)
+    def _graph(self, which: str) -> Graph:
+        with self._graphs_lock:  # two threads' first calls must not both load the graph
+            if which not in self._graphs:
+                graph = getattr(self.manifest, which)
+                self._graphs[which] = Graph(verified_graph_bytes(self.folder, graph), self.device, graph.input,
+                                            graph.output, self.threads, label=f"{self.folder / graph.file}")
+            return self._graphs[which]
 
     def encode(self, image: images.ImageSource, quality: float = DEFAULT_QUALITY, method: str = methods.DEFAULT_METHOD,
                size: int | None = None, bpp: float | None = None, effort: int = 0,
@@ -78,10 +86,8 @@ class Codec:
         coder = methods.by_name(method)
         quantizer.step_for_quality(quality)  # refuses a bad quality before any work
         iterations = effort_levels.steps_for_effort(effort)
-        picture = images.open_image(image)
+        picture = images.open_image(image, self.max_pixels)
         width, height = picture.size
-        if width * height > MAX_PIXELS:
-            raise SdliteError(f"image of {width}x{height} pixels is larger than the limit of {MAX_PIXELS} pixels")
         pixels = images.to_array(picture, self.manifest.downsampling_factor)
         latent = self.encoder(pixels)[0]
         if bpp is not None:
@@ -155,15 +161,22 @@ class Codec:
     def decode(self, data: bytes) -> Image.Image:
         """The image stored in .sdc bytes, at its original size."""
         sdc = SdcFile.from_bytes(data)
-        self.check_compatible(sdc)
         latent = self.decode_latent(sdc)
         return images.from_array(self.decoder(latent[None]), sdc.width, sdc.height)
 
-    @staticmethod
-    def decode_latent(sdc: SdcFile) -> np.ndarray:
-        """The dequantized latent (C, H, W) of a parsed file."""
+    def decode_latent(self, data: bytes | SdcFile) -> np.ndarray:
+        """The dequantized latent (channels, height, width) stored in .sdc bytes. It is computed from
+        integers and one float32 multiply, without the neural network, so it is the same on every
+        machine, provider and thread count."""
+        sdc = data if isinstance(data, SdcFile) else SdcFile.from_bytes(data)
+        self.check_compatible(sdc)
         model = methods.METHODS[sdc.method].from_bytes(sdc.model_params, sdc.latent_shape)
-        return model.dequantize(model.decompress(sdc.payload, sdc.latent_shape), sdc.step)
+        levels = model.decompress(sdc.payload, sdc.latent_shape)
+        with np.errstate(over="ignore"):  # a forged step: refused just below
+            latent = model.dequantize(levels, sdc.step)
+        if not np.isfinite(latent).all():
+            raise SdliteError(f"corrupt .sdc file: the quantizer step {sdc.step:g} overflows the latent")
+        return latent
 
     def check_compatible(self, sdc: SdcFile) -> None:
         """Refuse a file from another latent space, or one whose sizes do not add up for this model."""
@@ -172,8 +185,9 @@ class Codec:
                 f"this file was made for another latent space (id {sdc.latent_space_id.hex()}); "
                 f"model {self.manifest.name} decodes {self.manifest.latent_space} (id {self.manifest.latent_space_id.hex()})"
             )
-        if sdc.width * sdc.height > MAX_PIXELS:
-            raise SdliteError(f"corrupt .sdc file: {sdc.width}x{sdc.height} pixels is above the limit of {MAX_PIXELS}")
+        if sdc.width * sdc.height > self.max_pixels:
+            raise SdliteError(f"the file's image of {sdc.width}x{sdc.height} pixels is above the limit of "
+                              f"{self.max_pixels} pixels (raise it with --max-pixels)")
         factor = self.manifest.downsampling_factor
         expected = (self.manifest.latent_channels, -(-sdc.height // factor), -(-sdc.width // factor))
         if tuple(sdc.latent_shape) != expected:

@@ -5,6 +5,7 @@ The layout is specified byte by byte in docs/FORMAT.md; this module is its refer
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ class SdcFile:
             raise SdliteError(f"unsupported coding method {method} in .sdc file")
         if min(width, height, channels, latent_height, latent_width) == 0:
             raise SdliteError("corrupt .sdc file: an image or latent dimension is zero")
-        if not step > 0 or quality > 100:  # `not >` also refuses NaN
+        if not 0 < step < math.inf or quality > 100:  # also refuses NaN
             raise SdliteError("corrupt .sdc file: invalid quantizer parameters")
         return cls(space, width, height, (channels, latent_height, latent_width), step, quality,
                    model_params, payload, method)

@@ -112,8 +112,11 @@ class AdaptiveCategorical:
                 for c in self._coded_channels():
                     symbols[c, y] = decoder.decode(FAMILY, counts.table(c, width))
                     counts.update(c, symbols[c, y])
+            finished = decoder.maybe_exhausted()
         except (ValueError, RuntimeError, AssertionError) as exc:
             raise SdliteError(f"corrupt file: the payload cannot be decoded ({exc})") from None
+        if not finished or (payload and not self._coded_channels()):  # the payload codes more than the header says
+            raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
         return symbols + self.lowest[:, None, None].astype(np.int32)
 
 

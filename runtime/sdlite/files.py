@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename it over `path` in one step."""
+def write_atomic(path: Path, data: bytes, replace: bool = True) -> None:
+    """Write to a temporary file beside `path`, then move it to `path` in one step. With `replace`
+    False an existing `path` is never replaced, not even one that appears while writing: FileExistsError."""
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
@@ -17,10 +19,26 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
+        if replace:
+            os.replace(temporary, path)
+        else:
+            _move_without_replacing(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _move_without_replacing(temporary: str, path: Path) -> None:
+    try:
+        os.link(temporary, path)  # fails with FileExistsError when `path` exists, atomically
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: check, then rename (a small race remains)
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.rename(temporary, path)
+        return
+    os.unlink(temporary)
 
 
 def _umask() -> int:

@@ -1,4 +1,9 @@
-"""Pictures in and out: any file or PIL image to an RGB array in [0, 1] padded for the encoder, and back."""
+"""Pictures in and out: any file or PIL image to an RGB array in [0, 1] padded for the encoder, and back.
+
+What comes in is untrusted: the pixel count is checked from the file's header before any pixel is
+decoded, colours are brought to sRGB through the file's ICC profile, and whatever sdlite cannot store
+(alpha, frames after the first) is dropped with a warning.
+"""
 
 from __future__ import annotations
 
@@ -7,43 +12,86 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .errors import SdliteError, SdliteWarning
 
 ImageSource = Image.Image | str | Path | bytes
 
+# The ICC colour space each family of modes is read with; other modes go to RGB without a profile.
+_PROFILE_MODES = {"RGB ": "RGB", "GRAY": "L", "CMYK": "CMYK"}
+_SRGB = ImageCms.createProfile("sRGB")
 
-def open_image(source: ImageSource) -> Image.Image:
-    """An RGB image, upright, from a PIL image, a path or the bytes of an image file."""
+
+def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """An sRGB image, upright, from a PIL image, a path or the bytes of an image file."""
+    where = "" if isinstance(source, (bytes, Image.Image)) else f"{source}: "
     if isinstance(source, Image.Image):
         image = source
+        check_pixels(image.size, max_pixels, where)
     else:
-        where = "" if isinstance(source, bytes) else f"{source}: "
         try:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            check_pixels(image.size, max_pixels, where)  # from the header, before any pixel is decoded
             image.load()
         except UnidentifiedImageError:
             raise SdliteError(f"{where}not an image file that Pillow can read") from None
         except Image.DecompressionBombError as exc:
             raise SdliteError(f"{where}{exc}") from None
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise SdliteError(f"{where}cannot read image: {exc}") from None
-    return to_rgb(ImageOps.exif_transpose(image))
+    if getattr(image, "is_animated", False):
+        warnings.warn(SdliteWarning("animated image: only the first frame is encoded"), stacklevel=2)
+    try:
+        return to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, ValueError, SyntaxError) as exc:  # a mode Pillow cannot convert, broken EXIF
+        raise SdliteError(f"{where}cannot convert a {image.mode} image to RGB: {exc}") from None
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None, where: str = "") -> None:
+    """Refuse decompression bombs (Pillow's limit, Image.MAX_IMAGE_PIXELS) and images above sdlite's own."""
+    width, height = size
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    if bomb_limit and width * height > bomb_limit:
+        raise SdliteError(f"{where}image of {width}x{height} pixels is above Pillow's decompression-bomb limit "
+                          f"of {bomb_limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)")
+    if max_pixels is not None and width * height > max_pixels:
+        raise SdliteError(f"{where}image of {width}x{height} pixels is above the limit of {max_pixels} pixels "
+                          f"(raise it with --max-pixels)")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         warnings.warn(SdliteWarning("alpha channel dropped: sdlite stores RGB only"), stacklevel=3)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    profile = image.info.get("icc_profile")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # Pillow's I -> RGB conversion clips instead of scaling 16-bit values down.
         scaled = np.asarray(image, dtype=np.float64) / 257.0
         image = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-    return image.convert("RGB")
+    if profile:
+        converted = to_srgb(image, profile)
+        if converted is not None:
+            return converted
+    if image.mode == "La":  # premultiplied grey and alpha: Pillow converts it only by way of LA
+        image = image.convert("LA")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def to_srgb(image: Image.Image, icc_profile: bytes) -> Image.Image | None:
+    """The image converted from its ICC profile to sRGB, or None (with a warning) when that cannot be done."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        mode = _PROFILE_MODES.get(profile.profile.xcolor_space)
+        if mode is None:
+            raise ImageCms.PyCMSError(f"a {profile.profile.xcolor_space.strip()} profile is not supported")
+        if image.mode != mode:
+            if mode == "CMYK" or image.mode == "CMYK":
+                raise ImageCms.PyCMSError(f"a {mode} profile does not fit a {image.mode} image")
+            image = image.convert(mode)
+        return ImageCms.profileToProfile(image, profile, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as exc:
+        warnings.warn(SdliteWarning(f"ICC profile ignored, colours taken as sRGB: {exc}"), stacklevel=4)
+        return None
 
 
 def padded_size(width: int, height: int, factor: int) -> tuple[int, int]:
@@ -61,5 +109,5 @@ def to_array(image: Image.Image, factor: int) -> np.ndarray:
 
 def from_array(array: np.ndarray, width: int, height: int) -> Image.Image:
     """The decoder's NCHW output in [0, 1], cropped back to the image's own size."""
-    pixels = array[0, :, :height, :width].transpose(1, 2, 0)
+    pixels = np.nan_to_num(array[0, :, :height, :width].transpose(1, 2, 0), nan=0.0)
     return Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8), "RGB")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,8 @@ from .errors import SdliteError
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "sdlite-model"
 MANIFEST_VERSION = 1
+MANIFEST_MAX_BYTES = 1 << 20  # a real one is about 2 kB; a larger one is not read at all
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def latent_space_id(latent_space: str) -> bytes:
@@ -67,28 +71,60 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
-            if data.pop("format", None) != MANIFEST_FORMAT:
+            if not isinstance(data, dict) or data.pop("format", None) != MANIFEST_FORMAT:
                 raise ValueError("not an sdlite model manifest")
             if data.pop("format_version", None) != MANIFEST_VERSION:
                 raise ValueError("unsupported manifest version")
             for graph in ("encoder", "decoder", "decoder_vjp"):
-                if data.get(graph) is not None:
-                    data[graph] = Graph(**data[graph])
+                if graph == "decoder_vjp" and data.get(graph) is None:
+                    continue  # optional: older model folders have none
+                if not isinstance(data.get(graph), dict):
+                    raise ValueError(f"{graph} is not described")
+                data[graph] = Graph(**data[graph])
             manifest = cls(**data)
-        except (ValueError, TypeError, KeyError) as exc:
+            manifest._check_values()
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise SdliteError(f"invalid model manifest: {exc}") from None
-        if manifest.latent_channels < 1 or manifest.downsampling_factor < 1:
-            raise SdliteError("invalid model manifest: latent_channels and downsampling_factor must be positive")
         sensitivity = manifest.channel_sensitivity
         if sensitivity and (len(sensitivity) != manifest.latent_channels
                             or not all(isinstance(s, (int, float)) and 0 < s < float("inf") for s in sensitivity)):
             raise SdliteError("invalid model manifest: channel_sensitivity needs one positive number per latent channel")
         return manifest
 
+    def _check_values(self) -> None:
+        """A manifest comes with a downloaded model folder: every value is checked before it is used."""
+        for name in ("name", "source", "latent_space"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string")
+        for name, largest in (("latent_channels", 65535), ("downsampling_factor", 64)):
+            value = getattr(self, name)
+            if type(value) is not int or not 1 <= value <= largest:
+                raise ValueError(f"{name} must be a whole number from 1 to {largest}")
+        for name in ("scaling_factor", "shift_factor"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number")
+        for graph in (self.encoder, self.decoder):
+            if not all(isinstance(value, str) for value in (graph.file, graph.sha256, graph.input, graph.output)):
+                raise ValueError("graph file, sha256, input and output must be strings")
+            if not SHA256_HEX.fullmatch(graph.sha256):
+                raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
+        gradient = self.decoder_vjp
+        if gradient is not None:
+            names = (gradient.input, gradient.output)
+            if (not all(isinstance(value, str) for value in (gradient.file, gradient.sha256))
+                    or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n) for n in names)):
+                raise ValueError("decoder_vjp: file and sha256 must be strings, input and output lists of names")
+            if not SHA256_HEX.fullmatch(gradient.sha256):
+                raise ValueError(f"the sha256 of {gradient.file!r} is not 64 hexadecimal digits")
+
 
 def graph_path(folder: Path, graph: Graph) -> Path:
     """The graph's file inside the model folder; a manifest may not point anywhere else."""
-    path = (folder / graph.file).resolve()
+    try:
+        path = (folder / graph.file).resolve()
+    except (OSError, ValueError) as exc:  # a NUL byte, a symlink loop
+        raise SdliteError(f"model {folder}: graph path {graph.file!r} is invalid ({exc})") from None
     if not path.is_relative_to(folder.resolve()):
         raise SdliteError(f"model {folder}: graph path {graph.file!r} points outside the model folder")
     if not path.is_file():
@@ -100,12 +136,28 @@ def load_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise SdliteError(f"{folder} is not a model folder: it has no {MANIFEST_NAME}")
-    return Manifest.from_json(path.read_text(encoding="utf-8"))
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MANIFEST_MAX_BYTES + 1)
+    except OSError as exc:
+        raise SdliteError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > MANIFEST_MAX_BYTES:
+        raise SdliteError(f"invalid model manifest: {path} is larger than {MANIFEST_MAX_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SdliteError(f"invalid model manifest: {path} is not UTF-8 text") from None
+    return Manifest.from_json(text)
 
 
-def verified_graph_path(folder: Path, graph: Graph) -> Path:
-    """The graph's path, after checking that the file is the one the export wrote."""
+def verified_graph_bytes(folder: Path, graph: Graph) -> bytes:
+    """The graph's bytes, after checking that they are the ones the export wrote. The bytes checked are
+    the bytes run: a file swapped after the check is never loaded."""
     path = graph_path(folder, graph)
-    if file_sha256(path) != graph.sha256:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SdliteError(f"model {folder}: cannot read {graph.file}: {exc.strerror or exc}") from None
+    if hashlib.sha256(data).hexdigest() != graph.sha256:
         raise SdliteError(f"model {folder}: {graph.file} does not match the sha256 in its manifest (tampered or corrupt)")
-    return path
+    return data
