@@ -17,6 +17,7 @@ from sdlite.inference import Graph as Runner
 from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
+from .calibration import load_photos
 from .memory import memory_model
 from .precision import build_variant, pictures_for, timed
 from .sensitivity import calibration_pictures, channel_sensitivity
@@ -46,6 +47,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
     progress(1, steps, f"loading {model}")
     loaded = load_model(model, scaling_factor)
     factor, channels = loaded.downsampling_factor, loaded.latent_channels
+    photos = load_photos(calibration, factor) if calibration is not None else None  # refused before any work
     folder = out / (name or loaded.name)
     out.mkdir(parents=True, exist_ok=True)
     # Written beside the destination and renamed into place, so a failed build leaves nothing half-made.
@@ -78,12 +80,12 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
                                                                check_image, tolerance)
 
         progress(6, steps, f"measuring channel sensitivities on {calibration or 'dead-leaves pictures'}")
-        sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(calibration, factor), channels)
+        sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(photos, factor), channels)
 
         progress(7, steps, "measuring speed and memory")
         io_names = {"encoder": ENCODER_IO, "decoder": DECODER_IO}
         runners = {role: Runner(staging / f"{role}.onnx", "cpu", *io_names[role]) for role in io_names}
-        pictures, check = pictures_for(calibration)
+        pictures, check = pictures_for(photos)
         graphs = {role: Graph(f"{role}.onnx", file_sha256(staging / f"{role}.onnx"), *io_names[role])
                   for role in io_names}
         check_latent, graphs["encoder"].seconds = timed(runners["encoder"], check)
