@@ -47,7 +47,6 @@ def test_the_encoder_is_deterministic(tiny_model):
 
 
 def test_a_build_that_misses_its_tolerance_fails_and_leaves_no_folder(tiny_vae_folder, tmp_path):
-
     from conftest import run
 
     result = run(sys.executable, "-m", "export", "build", "--model", str(tiny_vae_folder), "--out", str(tmp_path),
