@@ -37,6 +37,9 @@ DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 DEFAULT_MODEL = ROOT / "models" / "taef2"
 DEFAULT_OUT = ROOT / "bench" / "results" / "rd"
 TARGETS_BPP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)
+# Encoder efforts take seconds a step on a whole Kodak picture: their curves cover the range where
+# sdlite meets JPEG, which is also where they overlap effort 0's for the BD-rate.
+EFFORT_TARGETS_BPP = (0.2, 0.3, 0.45)
 PALETTE_QUALITIES = (100, 90, 80)  # 256, 128 and 64 entries; 256 is the seed's setting
 # Pillow quality sweeps that cover about 0.05 to 0.6 bpp on Kodak (each codec as low as it can go).
 CLASSIC = {
@@ -64,8 +67,12 @@ def _worker_codec(model: Path) -> Codec:
     return _codec
 
 
-def measure_image(job: tuple[Path, Path, bool, tuple[float, ...]]) -> list[dict]:
-    path, model, perceptual, targets = job
+def effort_method(effort: int) -> str:
+    return f"predictive effort {effort}"
+
+
+def measure_image(job: tuple[Path, Path, bool, tuple[float, ...], tuple[int, ...]]) -> list[dict]:
+    path, model, perceptual, targets, efforts = job
     codec = _worker_codec(model)
     picture = images.open_image(path)
     width, height = picture.size
@@ -94,6 +101,20 @@ def measure_image(job: tuple[Path, Path, bool, tuple[float, ...]]) -> list[dict]
             decoded = codec.decode(data)
             record(name, target, data, decoded, target_bpp=target, within_3pct=0.97 * budget <= len(data) <= budget,
                    encode_s=encode_seconds, decode_s=time.perf_counter() - started)
+    for effort in efforts:  # the whole encode, search included, at each target through rate control
+        for target in [t for t in targets if t in EFFORT_TARGETS_BPP]:
+            started = time.perf_counter()
+            try:
+                data = codec.encode(picture, bpp=target, effort=effort)
+            except SdliteError:
+                continue
+            encode_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            decoded = codec.decode(data)
+            budget = int(target * pixels / 8)
+            record(effort_method(effort), target, data, decoded, target_bpp=target,
+                   within_3pct=0.97 * budget <= len(data) <= budget, encode_s=encode_seconds,
+                   decode_s=time.perf_counter() - started)
     for quality in PALETTE_QUALITIES:
         started = time.perf_counter()
         data = codec.pack(latent, width, height, quality, methods.by_name("palette"))
@@ -138,7 +159,8 @@ def average_curves(rows: list[dict], image_count: int) -> dict[str, list[dict]]:
                 point[metric] = float(np.mean([float(r[metric]) for r in group]))
                 point["value_" + metric] = float(np.mean([_value(r, metric) for r in group]))
             curves[method].append(point)
-    return {m: sorted(curves[m], key=lambda p: p["bpp"]) for m in METHOD_ORDER if m in curves}
+    order = [m for m in METHOD_ORDER if m in curves] + sorted(set(curves) - set(METHOD_ORDER))
+    return {m: sorted(curves[m], key=lambda p: p["bpp"]) for m in order}
 
 
 def at_bpp(rows: list[dict], method: str, metric: str, bpp: float, images_: list[str]) -> float:
@@ -213,7 +235,7 @@ def write_report(rows: list[dict], out: Path, command: str, seconds: float, targ
         met = sum(str(r["within_3pct"]) == "True" for r in group)
         lines.append(f"| {method} | {target:g} | {np.mean([r['bpp'] for r in group]):.4f} | {met}/{len(group)} |")
     lines += ["", "## Time per image (s, this machine)", "", "| method | encode (graph + rate control) | decode |", "|---|---|---|"]
-    for method in ("predictive", "uniform", "palette"):
+    for method in curves:
         group = [r for r in rows if r["method"] == method and r.get("encode_s") not in (None, "")]
         if group:
             lines.append(f"| {method} | {np.mean([r['encode_s'] for r in group]):.2f} | {np.mean([r['decode_s'] for r in group]):.2f} |")
@@ -257,7 +279,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="four images, three targets")
     parser.add_argument("--no-perceptual", action="store_true", help="PSNR and MS-SSIM only (fast)")
     parser.add_argument("--jobs", type=int, default=min(2, multiprocessing.cpu_count()))
+    parser.add_argument("--efforts", default="",
+                        help="also the default method at these encoder efforts, e.g. 1,3 (slow: whole encodes)")
     args = parser.parse_args(argv)
+    efforts = tuple(int(e) for e in args.efforts.split(",") if e)
     if not (args.model / "manifest.json").is_file():
         print(f"bench rd: no model at {args.model} (python -m export build --model ../shared/models/taef2)", file=sys.stderr)
         return 1
@@ -272,7 +297,7 @@ def main(argv: list[str]) -> int:
         print("bench rd: butteraugli_main not found (apt-get install libjxl-devtools): butteraugli skipped", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    jobs = [(p, args.model, not args.no_perceptual, targets) for p in paths]
+    jobs = [(p, args.model, not args.no_perceptual, targets, efforts) for p in paths]
     rows = []
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         for done, image_rows in enumerate(pool.imap(measure_image, jobs), 1):

@@ -43,6 +43,8 @@ def build_command(
     calibration: Optional[Path] = typer.Option(
         None, "--calibration", help="Folder of photos to calibrate on: int8 ranges, the variants' quality figures and "
                                     "each latent channel's importance (default: made-up pictures)."),
+    gradient: bool = typer.Option(True, "--gradient/--no-gradient",
+                                  help="Also write the decoder's gradient graph, which encoder efforts above 0 need."),
 ) -> None:
     """Export a VAE's encoder and decoder, verify them, and write models/<name>/."""
     chosen = tuple(p for p in precisions.split(",") if p and p != "none")
@@ -51,7 +53,7 @@ def build_command(
             raise SdliteError(f"--precisions {precisions}: choose from {', '.join(BUILDERS)} or none")
         if calibration is not None and not calibration.is_dir():
             raise SdliteError(f"--calibration {calibration}: not a folder")
-        build(model, name, out, latent_space, scaling_factor, tolerance, chosen, calibration)
+        build(model, name, out, latent_space, scaling_factor, tolerance, chosen, calibration, gradient)
     except SdliteError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None

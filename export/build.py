@@ -17,11 +17,13 @@ from sdlite.inference import Graph as Runner
 from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
+from .calibration import load_photos
 from .memory import memory_model
 from .precision import build_variant, pictures_for, timed
 from .sensitivity import calibration_pictures, channel_sensitivity
 from .sources import load_model
-from .verify import check_graph, sample_image
+from .verify import check_gradient_graph, check_graph, sample_image
+from .vjp import VJP_INPUTS, VJP_OUTPUTS, export_vjp_graph
 
 
 def quiet_libraries() -> None:
@@ -37,13 +39,15 @@ def progress(step: int, total: int, message: str) -> None:
 
 
 def build(model: str, name: str | None, out: Path, latent_space: str | None, scaling_factor: float | None,
-          tolerance: float, precisions: tuple[str, ...] = (), calibration: Path | None = None) -> Path:
+          tolerance: float, precisions: tuple[str, ...] = (), calibration: Path | None = None,
+          gradient: bool = True) -> Path:
     started = time.perf_counter()
     quiet_libraries()
-    steps = 7 + len(precisions)
+    steps = 8 + len(precisions)
     progress(1, steps, f"loading {model}")
     loaded = load_model(model, scaling_factor)
     factor, channels = loaded.downsampling_factor, loaded.latent_channels
+    photos = load_photos(calibration, factor) if calibration is not None else None  # refused before any work
     folder = out / (name or loaded.name)
     out.mkdir(parents=True, exist_ok=True)
     # Written beside the destination and renamed into place, so a failed build leaves nothing half-made.
@@ -55,10 +59,14 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         export_graph(encoder, export_image, staging / "encoder.onnx", ENCODER_IO)
         progress(3, steps, "exporting decoder.onnx")
         with torch.no_grad():
-            export_graph(decoder, encoder(export_image), staging / "decoder.onnx", DECODER_IO)
+            export_latent = encoder(export_image)
+            export_graph(decoder, export_latent, staging / "decoder.onnx", DECODER_IO)
+        if gradient:
+            progress(4, steps, "exporting decoder_vjp.onnx (the decoder's gradient, for the encoder's effort)")
+            export_vjp_graph(decoder, export_latent, export_image, staging / "decoder_vjp.onnx")
 
         # Another size than the export's, so the check also proves that the sides are dynamic.
-        progress(4, steps, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
+        progress(5, steps, f"verifying onnxruntime against torch (tolerance {tolerance:g})")
         check_image = sample_image(9 * factor, 11 * factor)
         with torch.no_grad():
             check_latent = encoder(check_image)
@@ -67,20 +75,23 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             "encoder": check_graph(encoder, staging / "encoder.onnx", ENCODER_IO, check_image, tolerance),
             "decoder": check_graph(decoder, staging / "decoder.onnx", DECODER_IO, check_latent, tolerance),
         }
+        if gradient:
+            verification["decoder_vjp"] = check_gradient_graph(decoder, staging / "decoder_vjp.onnx", check_latent,
+                                                               check_image, tolerance)
 
-        progress(5, steps, f"measuring channel sensitivities on {calibration or 'dead-leaves pictures'}")
-        sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(calibration, factor), channels)
+        progress(6, steps, f"measuring channel sensitivities on {calibration or 'dead-leaves pictures'}")
+        sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(photos, factor), channels)
 
-        progress(6, steps, "measuring speed and memory")
+        progress(7, steps, "measuring speed and memory")
         io_names = {"encoder": ENCODER_IO, "decoder": DECODER_IO}
         runners = {role: Runner(staging / f"{role}.onnx", "cpu", *io_names[role]) for role in io_names}
-        pictures, check = pictures_for(calibration)
+        pictures, check = pictures_for(photos)
         graphs = {role: Graph(f"{role}.onnx", file_sha256(staging / f"{role}.onnx"), *io_names[role])
                   for role in io_names}
         check_latent, graphs["encoder"].seconds = timed(runners["encoder"], check)
         _, graphs["decoder"].seconds = timed(runners["decoder"], check_latent)
         variants = []
-        for step, precision in enumerate(precisions, start=7):
+        for step, precision in enumerate(precisions, start=8):
             progress(step, steps, f"making the {precision} variant")
             variants.append(build_variant(precision, staging, runners["encoder"], runners["decoder"], io_names,
                                           pictures, check))
@@ -99,6 +110,8 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             shift_factor=loaded.shift_factor,
             encoder=graphs["encoder"],
             decoder=graphs["decoder"],
+            decoder_vjp=Graph("decoder_vjp.onnx", file_sha256(staging / "decoder_vjp.onnx"), list(VJP_INPUTS),
+                              list(VJP_OUTPUTS)) if gradient else None,
             verification=verification,
             channel_sensitivity=sensitivity,
             versions={package: version(package) for package in
@@ -114,7 +127,9 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {folder} in {time.perf_counter() - started:.1f} s: latent space {manifest.latent_space}, "
           f"{channels} channels at 1/{factor}, encoder max diff {verification['encoder']['max_abs_diff']:.2g}, "
-          f"decoder max diff {verification['decoder']['max_abs_diff']:.2g}", file=sys.stderr)
+          f"decoder max diff {verification['decoder']['max_abs_diff']:.2g}"
+          + (f", gradient max diff {verification['decoder_vjp']['max_abs_diff']:.2g}" if gradient else ""),
+          file=sys.stderr)
     for variant in variants:
         print(f"  {variant.precision}: decoded picture at {variant.psnr_db['encoder']:.1f} dB (encoder) and "
               f"{variant.psnr_db['decoder']:.1f} dB (decoder) against float32; {len(variant.float32_nodes)} nodes "

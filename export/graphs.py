@@ -36,17 +36,21 @@ class DecoderGraph(torch.nn.Module):
         return self.decoder(latent / self.scale + self.shift).clamp(0.0, 1.0)
 
 
-def export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, names: tuple[str, str]) -> None:
-    input_name, output_name = names
+def export_graph(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], path: Path,
+                 names: tuple[str | tuple[str, ...], str | tuple[str, ...]]) -> None:
+    """Export with every input's sides dynamic; `names` gives the input and output name(s)."""
+    examples = example if isinstance(example, tuple) else (example,)
+    input_names, output_names = (list(n) if isinstance(n, tuple) else [n] for n in names)
     sides = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's own chatter is not the user's business
         program = torch.onnx.export(
             module,
-            (example,),
-            input_names=[input_name],
-            output_names=[output_name],
-            dynamic_shapes={input_name: sides},  # forward() takes its input by this name
+            examples,
+            input_names=input_names,
+            output_names=output_names,
+            # positional, because a traced graph's arguments are not named like forward()'s
+            dynamic_shapes=[sides] * len(examples),
             dynamo=True,
             external_data=False,
             verbose=False,

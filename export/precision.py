@@ -31,6 +31,8 @@ from sdlite.manifest import Graph as GraphEntry
 from sdlite.manifest import Variant, file_sha256
 from sdlite.precision import ACCEPTABLE_PSNR_DB
 
+from .calibration import center_crop
+
 VARIANT_DEVICES = {"int8": ["cpu"], "fp16": ["cuda"]}
 MAX_FP16_ROUNDS = 64
 # The PSNR against float32 an int8 graph is brought to (on the calibration pictures), a little above
@@ -219,24 +221,11 @@ def synthetic_picture(side: int, seed: int) -> np.ndarray:
     return np.clip(picture, 0, 1).astype(np.float32)[None]
 
 
-def center_crop(array: np.ndarray, side: int) -> np.ndarray:
-    height, width = array.shape[2:]
-    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
-    return np.ascontiguousarray(array[:, :, top:top + side, left:left + side])
-
-
-def pictures_for(folder: Path | None, count: int = 8) -> tuple[list[np.ndarray], np.ndarray]:
+def pictures_for(photos: list[np.ndarray] | None, count: int = 8) -> tuple[list[np.ndarray], np.ndarray]:
     """Calibration pictures (crops of CALIBRATION_SIDE) and one other picture to measure quality and
-    speed on (a crop of CHECK_SIDE): from the image files in `folder`, or made up when there is none."""
-    if folder is None:
-        pictures = [synthetic_picture(CHECK_SIDE, seed) for seed in range(count + 1)]
-    else:
-        from sdlite import images
-
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-        if len(files) < 2:
-            raise SdliteError(f"--calibration {folder}: needs at least two image files")
-        pictures = [images.to_array(images.open_image(path), 8) for path in files[:count + 1]]
+    speed on (a crop of CHECK_SIDE): from the calibration photos, or made up when there are none."""
+    pictures = photos or [synthetic_picture(CHECK_SIDE, seed) for seed in range(count + 1)]
+    pictures = pictures[:count + 1]
     return [center_crop(p, CALIBRATION_SIDE) for p in pictures[:-1]], center_crop(pictures[-1], CHECK_SIDE)
 
 

@@ -10,19 +10,17 @@ their sensitivities correlate at 0.92 (in log) with those measured on Kodak phot
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from sdlite import images
 from sdlite.errors import SdliteError
+
+from .calibration import center_crop
 
 # About the quantization error at the rates that matter: small enough to stay near-linear.
 NOISE = 0.25
 CALIBRATION_SIDE = 128
 CALIBRATION_PICTURES = 3
-MAX_PHOTOS = 8
 
 
 def dead_leaves(side: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,23 +41,14 @@ def dead_leaves(side: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(picture, 0, 1)
 
 
-def calibration_pictures(folder: Path | None, factor: int) -> list[torch.Tensor]:
-    """NCHW tensors: the photos in `folder` (centre crops), or dead-leaves pictures."""
-    if folder is None:
+def calibration_pictures(photos: list[np.ndarray] | None, factor: int) -> list[torch.Tensor]:
+    """NCHW tensors: centre crops of the calibration photos, or dead-leaves pictures."""
+    if photos is None:
         rng = np.random.default_rng(0)
         arrays = [dead_leaves(CALIBRATION_SIDE, rng) for _ in range(CALIBRATION_PICTURES)]
         return [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)[None])) for a in arrays]
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if not paths:
-        raise SdliteError(f"--calibration {folder}: no .png/.jpg/.webp pictures there")
-    pictures = []
-    for path in paths[:MAX_PHOTOS]:
-        picture = images.open_image(path)
-        side = min(picture.size + (2 * CALIBRATION_SIDE,)) // factor * factor
-        left, top = (picture.width - side) // 2, (picture.height - side) // 2
-        crop = picture.crop((left, top, left + side, top + side))
-        pictures.append(torch.from_numpy(images.to_array(crop, factor)))
-    return pictures
+    return [torch.from_numpy(center_crop(photo, min(*photo.shape[2:], 2 * CALIBRATION_SIDE) // factor * factor))
+            for photo in photos]
 
 
 @torch.no_grad()

@@ -25,13 +25,17 @@ def sample_image(height: int, width: int) -> torch.Tensor:
     return (torch.stack([red, green, blue])[None] + texture).clamp(0, 1)
 
 
-def check_graph(module: torch.nn.Module, path: Path, names: tuple[str, str], example: torch.Tensor,
-                tolerance: float) -> dict:
-    """The largest difference between onnxruntime and torch on `example`; raises when it is too large."""
+def run_onnx_checker(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise SdliteError(f"{path.name} fails onnx's checker: {str(exc).splitlines()[0]}") from None
+
+
+def check_graph(module: torch.nn.Module, path: Path, names: tuple[str, str], example: torch.Tensor,
+                tolerance: float) -> dict:
+    """The largest difference between onnxruntime and torch on `example`; raises when it is too large."""
+    run_onnx_checker(path)
     with torch.no_grad():
         expected = module(example).numpy()
     actual = Graph(path, "cpu", *names)(example.numpy())
@@ -42,3 +46,23 @@ def check_graph(module: torch.nn.Module, path: Path, names: tuple[str, str], exa
     if not difference <= bound:
         raise SdliteError(f"{path.name}: onnxruntime differs from torch by {difference:.3g}, above the tolerance {bound:.3g}")
     return {"max_abs_diff": difference, "bound": bound, "input_shape": list(example.shape)}
+
+
+def check_gradient_graph(decoder_graph: torch.nn.Module, path: Path, latent: torch.Tensor, target: torch.Tensor,
+                         tolerance: float) -> dict:
+    """The decoder-gradient graph against torch autograd; gradients are tiny, so the bound is relative to them."""
+    from .vjp import VJP_INPUTS, VJP_OUTPUTS, DistortionGradient
+
+    run_onnx_checker(path)
+    expected_image, expected_gradient = (t.numpy() for t in DistortionGradient(decoder_graph)(latent, target))
+    image, gradient = Graph(path, "cpu", VJP_INPUTS, VJP_OUTPUTS)(latent.numpy(), target.numpy())
+    if gradient.shape != expected_gradient.shape:
+        raise SdliteError(f"{path.name}: onnxruntime gives shape {gradient.shape}, torch {expected_gradient.shape}")
+    image_difference = float(np.abs(image - expected_image).max())
+    difference = float(np.abs(gradient - expected_gradient).max())
+    bound = tolerance * float(np.abs(expected_gradient).max())
+    if not difference <= bound or not image_difference <= tolerance:
+        raise SdliteError(f"{path.name}: onnxruntime's gradient differs from torch autograd by {difference:.3g} "
+                          f"(bound {bound:.3g}), its image by {image_difference:.3g}")
+    return {"max_abs_diff": difference, "bound": bound, "image_max_abs_diff": image_difference,
+            "relative_to": "max |autograd gradient|", "input_shape": list(latent.shape)}

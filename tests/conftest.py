@@ -13,6 +13,7 @@ from bench.speed import SD1_CONFIG  # noqa: F401  (the full-size architecture, s
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+TAEF2 = SHARED / "models" / "taef2"
 
 # Four blocks give the real 1/8 downsampling; 32 channels keep it fast.
 TINY_CONFIG = dict(
@@ -70,11 +71,19 @@ def other_model(tmp_path_factory) -> Path:
     """Another random VAE of the same shape: a different latent space."""
     folder = tmp_path_factory.mktemp("other-vae") / "other"
     make_vae(TINY_CONFIG, seed=1).save_pretrained(folder)
-    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none")
+    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none", "--no-gradient")
 
 
 @pytest.fixture(scope="session")
 def sd1_model(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("sd1-vae") / "sd1"
     make_vae(SD1_CONFIG, seed=0).save_pretrained(folder)
-    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none")
+    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none", "--no-gradient")
+
+
+@pytest.fixture(scope="session")
+def taef2_model(tmp_path_factory) -> Path:
+    """The real pretrained TAEF2, exported once for every test that measures real quality."""
+    if not TAEF2.is_dir():
+        pytest.skip(f"the pretrained TAEF2 weights are not here ({TAEF2})")
+    return export_model(TAEF2, tmp_path_factory.mktemp("models"))

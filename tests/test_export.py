@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -46,12 +47,10 @@ def test_the_encoder_is_deterministic(tiny_model):
 
 
 def test_a_build_that_misses_its_tolerance_fails_and_leaves_no_folder(tiny_vae_folder, tmp_path):
-    import sys
-
     from conftest import run
 
     result = run(sys.executable, "-m", "export", "build", "--model", str(tiny_vae_folder), "--out", str(tmp_path),
-                 "--tolerance", "0")
+                 "--tolerance", "0", "--precisions", "none", "--no-gradient")
     assert result.returncode == 1
     assert "differs from torch" in result.stderr.decode() and "Traceback" not in result.stderr.decode()
     assert list(tmp_path.iterdir()) == []
@@ -64,3 +63,20 @@ def test_full_size_sd1_architecture_round_trip_at_512(sd1_model):
     data = codec.encode(photo(512, 512), quality=50)
     assert sdlite.SdcFile.from_bytes(data).latent_shape == (4, 64, 64)
     assert codec.decode(data).size == (512, 512)
+
+
+def test_calibration_photos_are_used_and_too_few_are_refused_before_any_work(tiny_vae_folder, tmp_path):
+    from conftest import export_model, run
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(40, 32, seed=0).save(photos / "a.png")
+    result = run(sys.executable, "-m", "export", "build", "--model", str(tiny_vae_folder), "--out",
+                 str(tmp_path / "refused"), "--calibration", str(photos))
+    assert result.returncode == 1 and "needs at least two" in result.stderr.decode()
+    assert "Traceback" not in result.stderr.decode() and "exporting" not in result.stderr.decode()
+    photo(48, 40, seed=1).save(photos / "b.jpg")
+    folder = export_model(tiny_vae_folder, tmp_path / "models", "--calibration", str(photos), "--precisions", "int8",
+                          "--no-gradient")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["channel_sensitivity"]) == 4 and manifest["variants"][0]["precision"] == "int8"

@@ -147,7 +147,7 @@ def tae_model(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     torch.save(tae.Encoder(4, pooled=False).state_dict(), folder / "taesd_encoder.pth")
     torch.save(tae.Decoder(4, pooled=False).state_dict(), folder / "taesd_decoder.pth")
-    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none")
+    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none", "--no-gradient")
 
 
 def test_a_tiled_codec_agrees_with_the_whole_picture(tae_model):
@@ -248,7 +248,7 @@ def test_fp16_keeps_overflowing_nodes_in_float32(tmp_path):
     with torch.no_grad():  # one convolution whose output is far beyond fp16's 65504; a group norm follows it
         vae.decoder.mid_block.resnets[0].conv1.weight.mul_(1e5)
     vae.save_pretrained(tmp_path / "hot")
-    folder = export_model(tmp_path / "hot", tmp_path / "models", "--precisions", "fp16")
+    folder = export_model(tmp_path / "hot", tmp_path / "models", "--precisions", "fp16", "--no-gradient")
     manifest = sdlite.Manifest.from_json((folder / "manifest.json").read_text())
     (variant,) = manifest.variants
     assert any("conv2d" in node for node in variant.float32_nodes)

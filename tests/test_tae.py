@@ -13,10 +13,9 @@ import torch
 import sdlite
 from sdlite import images
 
-from conftest import SHARED, export_model, run
+from conftest import TAEF2, export_model, run
 from pictures import photo, psnr
 
-TAEF2 = SHARED / "models" / "taef2"
 
 
 def save_random_tae(folder, latent_channels: int, pooled: bool, seed: int = 0):
@@ -32,7 +31,7 @@ def save_random_tae(folder, latent_channels: int, pooled: bool, seed: int = 0):
 @pytest.mark.parametrize("latent_channels, pooled", [(4, False), (32, True)])
 def test_a_tae_pair_is_detected_exported_and_verified(tmp_path, latent_channels, pooled):
     source = save_random_tae(tmp_path / "tae", latent_channels, pooled)
-    model = export_model(source, tmp_path / "models")
+    model = export_model(source, tmp_path / "models", "--no-gradient")
     manifest = json.loads((model / "manifest.json").read_text())
     assert (manifest["latent_channels"], manifest["downsampling_factor"]) == (latent_channels, 8)
     assert manifest["latent_space"].startswith("weights-")
@@ -42,7 +41,7 @@ def test_a_tae_pair_is_detected_exported_and_verified(tmp_path, latent_channels,
 
 def test_one_half_of_a_pair_names_the_whole_pair(tmp_path):
     source = save_random_tae(tmp_path / "tae", 4, False)
-    model = export_model(source / "tiny_encoder.pth", tmp_path / "models")
+    model = export_model(source / "tiny_encoder.pth", tmp_path / "models", "--precisions", "none", "--no-gradient")
     assert model.name == "tiny"
 
 
@@ -53,13 +52,6 @@ def test_a_lone_half_is_refused_in_one_line(tmp_path):
                  "--out", str(tmp_path / "models"))
     assert result.returncode == 1 and "Traceback" not in result.stderr.decode()
     assert "_decoder" in result.stderr.decode()
-
-
-@pytest.fixture(scope="module")
-def taef2_model(tmp_path_factory):
-    if not TAEF2.is_dir():
-        pytest.skip(f"the pretrained TAEF2 weights are not here ({TAEF2})")
-    return export_model(TAEF2, tmp_path_factory.mktemp("models"))
 
 
 def test_pretrained_taef2_round_trip_is_faithful(taef2_model):

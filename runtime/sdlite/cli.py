@@ -18,6 +18,7 @@ from . import __version__, methods
 from .batch import Work, default_jobs, run_all
 from .codec import DEFAULT_MAX_MEMORY, DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, Codec
 from .container import METHODS, SdcFile
+from .effort import EFFORT_STEPS, MAX_EFFORT
 from .errors import SdliteError
 from .files import write_atomic
 from .manifest import load_manifest
@@ -168,10 +169,32 @@ def run_each(codec: Codec, inputs: list[str], outputs: list[str], work: Work, ve
         raise typer.Exit(1)
 
 
-def encode_file(codec: Codec, source: str, target: str, force: bool, **settings) -> tuple[int, int]:
+class StepProgress:
+    """`name: optimising 12/40` on stderr, once an image has taken more than a second, and a newline after."""
+
+    def __init__(self, name: str, after_seconds: float = 1.0, enabled: bool = True):
+        self.name, self.after_seconds, self.enabled, self.shown = name, after_seconds, enabled, False
+
+    def __enter__(self) -> StepProgress:
+        self.started = time.monotonic()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.enabled and (self.shown or time.monotonic() - self.started > self.after_seconds):
+            self.shown = True
+            typer.echo(f"\r{self.name}: optimising {done}/{total}", err=True, nl=False)
+
+    def __exit__(self, *exc) -> None:
+        if self.shown:
+            typer.echo("", err=True)
+
+
+def encode_file(codec: Codec, source: str, target: str, force: bool, show_steps: bool, **settings) -> tuple[int, int]:
+    """`show_steps`: the effort's steps for a picture that takes long (a batch has its progress bar instead)."""
     refuse_existing(target, force)  # before the work, not only at the rename
     data = read_input(source)
-    encoded = codec.encode(data, **settings)
+    with StepProgress(display_name(source), enabled=show_steps) as progress:
+        encoded = codec.encode(data, progress=progress, **settings)
     write_output(target, encoded, force)
     return len(data), len(encoded)
 
@@ -190,6 +213,10 @@ def encode(
     output: Optional[str] = OutputOption,
     quality: int = typer.Option(DEFAULT_QUALITY, "--quality", "-q", min=0, max=100,
                                 help="0 (smallest file) to 100 (best picture)."),
+    effort: int = typer.Option(0, "--effort", "-e", min=0, max=MAX_EFFORT,
+                               help=f"0 (one pass, fast) to {MAX_EFFORT}: optimise the latent through the decoder "
+                                    f"for a better picture at about the same size ({', '.join(map(str, EFFORT_STEPS))} "
+                                    f"steps; each takes about four decodes)."),
     size: Optional[str] = typer.Option(None, "--size", help="Largest file size, e.g. 5KB, 12000, 1.5MB (KB = 1000 bytes, KiB = 1024)."),
     bpp: Optional[float] = typer.Option(None, "--bpp", help="Largest size in bits per pixel, e.g. 0.1."),
     method: str = typer.Option(methods.DEFAULT_METHOD, "--method",
@@ -216,7 +243,9 @@ def encode(
                            max_pixels=max_pixels)
     except SdliteError as exc:
         fail(str(exc))
-    run_each(codec, inputs, outputs, functools.partial(encode_file, force=force, quality=quality, method=method, size=budget, bpp=bpp), "encoded", jobs)
+    work = functools.partial(encode_file, force=force, show_steps=len(inputs) == 1, quality=quality, method=method,
+                             size=budget, bpp=bpp, effort=effort)
+    run_each(codec, inputs, outputs, work, "encoded", jobs)
 
 
 @app.command()
@@ -337,22 +366,30 @@ def main_options(
     """sdlite: a learned image codec on the Stable Diffusion VAE."""
 
 
-def terminate(signum: int, frame) -> None:
-    """SIGTERM unwinds like Ctrl-C, so the temporary file being written is removed."""
-    typer.echo("sdlite: terminated", err=True)
-    raise SystemExit(128 + signum)
+STOPPED_BY: list[int] = []  # the signal that stopped the run, if one did
+
+
+def stop(signum: int, frame) -> None:
+    """Ctrl-C and SIGTERM unwind, so the temporary file being written is removed."""
+    STOPPED_BY.append(signum)
+    raise KeyboardInterrupt
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, terminate)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     try:
         app(prog_name="sdlite")
     except KeyboardInterrupt:
-        typer.echo("sdlite: interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # a bug of ours: still one line for the user, and a way to see more
-        typer.echo(f"sdlite: internal error: {type(exc).__name__}: {exc} (please report it)", err=True)
-        sys.exit(2)
+        pass
+    except Exception as exc:
+        # A signal raised in the middle of a lock's bookkeeping can surface as another error: still a stop.
+        if not STOPPED_BY:  # a bug of ours: still one line for the user, and a way to see more
+            typer.echo(f"sdlite: internal error: {type(exc).__name__}: {exc} (please report it)", err=True)
+            sys.exit(2)
+    signum = STOPPED_BY[0] if STOPPED_BY else signal.SIGINT
+    typer.echo("sdlite: terminated" if signum == signal.SIGTERM else "sdlite: interrupted", err=True)
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import hashlib
 import os
 import platform
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -88,18 +89,20 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 class Graph:
-    """One graph, one input, one output: an onnxruntime session made once and reused."""
+    """One graph: an onnxruntime session made once and reused. Names are one name or a list of them;
+    a call takes the inputs in that order and gives one array, or a tuple for several outputs."""
 
-    def __init__(self, model: Path | bytes, device: str, input_name: str, output_name: str,
-                 sha256: str | None = None, threads: int | None = None, label: str | None = None):
+    def __init__(self, model: Path | bytes, device: str, input_name: str | Sequence[str],
+                 output_name: str | Sequence[str], sha256: str | None = None, threads: int | None = None,
+                 label: str | None = None):
         """`model` is a file, or the graph's bytes: what was checked is then exactly what runs, and an
         ONNX external-data reference cannot make onnxruntime read files from elsewhere. With `sha256`
         (of those bytes) the optimised graph is cached under it."""
         providers = providers_for(device)
         self.path = None if isinstance(model, bytes) else Path(model)
         self.label = label or str(self.path or "the graph")
-        self.input_name = input_name
-        self.output_name = output_name
+        self.input_names = [input_name] if isinstance(input_name, str) else list(input_name)
+        self.output_names = [output_name] if isinstance(output_name, str) else list(output_name)
         self.session = self._cached_session(model, providers, sha256, threads) if sha256 else None
         if self.session is None:
             self.session = self._session(model, session_options(threads), providers)
@@ -145,25 +148,30 @@ class Graph:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def __call__(self, array: np.ndarray, release: bool = False) -> np.ndarray:
-        """The graph's output; with `release`, the memory arena gives back what it holds when the run ends
-        (after the last tile of a large picture, so the next network starts from nothing)."""
+    def __call__(self, *arrays: np.ndarray, release: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
+        """The graph's output, or a tuple of them, for inputs given in the graph's order; with `release`,
+        the memory arena gives back what it holds when the run ends (after the last tile of a large
+        picture, so the next network starts from nothing)."""
         options = None
         if release:
             options = ort.RunOptions()
             options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0" if self.on_cuda else "cpu:0")
         try:
-            if self.on_cuda:  # the output is made on the GPU and copied back once
+            if self.on_cuda:  # the outputs are made on the GPU and copied back once
                 binding = self.session.io_binding()
-                binding.bind_cpu_input(self.input_name, np.ascontiguousarray(array))
-                binding.bind_output(self.output_name, "cuda")
+                for name, array in zip(self.input_names, arrays):
+                    binding.bind_cpu_input(name, np.ascontiguousarray(array))
+                for name in self.output_names:
+                    binding.bind_output(name, "cuda")
                 self.session.run_with_iobinding(binding, options)
-                return binding.copy_outputs_to_cpu()[0]
-            return self.session.run([self.output_name], {self.input_name: array}, options)[0]
+                outputs = binding.copy_outputs_to_cpu()
+            else:
+                outputs = self.session.run(self.output_names, dict(zip(self.input_names, arrays)), options)
         except Exception as exc:  # onnxruntime's untyped errors: above all, memory it could not get
             message = str(exc).splitlines()[0]
             if "Failed to allocate memory" in message:
-                shape = "x".join(map(str, array.shape))
+                shape = "x".join(map(str, arrays[0].shape))
                 raise SdliteError(f"not enough memory to run {self.label} on a {shape} input "
                                   f"(lower --max-pixels or --max-memory, or use a smaller picture)") from None
             raise SdliteError(f"{self.label} failed: {message}") from None
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -35,8 +35,8 @@ def file_sha256(path: Path) -> str:
 class Graph:
     file: str
     sha256: str
-    input: str
-    output: str
+    input: str | list[str]  # a list for a graph of several inputs (or outputs), in call order
+    output: str | list[str]
     # Peak bytes of a run on a square of n latent cells: fixed + linear * n + quadratic * n**2, measured
     # at export; what tiling plans with. None in manifests from before it was recorded.
     memory: list[float] | None = None
@@ -80,6 +80,9 @@ class Manifest:
     shift_factor: float
     encoder: Graph
     decoder: Graph
+    # (latent, target) -> (image, gradient of the MSE w.r.t. the latent), for the encoder's effort;
+    # optional: older model folders have none, and then only effort 0 is available.
+    decoder_vjp: Graph | None = None
     verification: dict = field(default_factory=dict)
     versions: dict = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
@@ -103,7 +106,9 @@ class Manifest:
                 raise ValueError("not an sdlite model manifest")
             if data.pop("format_version", None) != MANIFEST_VERSION:
                 raise ValueError("unsupported manifest version")
-            for graph in ("encoder", "decoder"):
+            for graph in ("encoder", "decoder", "decoder_vjp"):
+                if graph == "decoder_vjp" and data.get(graph) is None:
+                    continue  # optional: older model folders have none
                 if not isinstance(data.get(graph), dict):
                     raise ValueError(f"{graph} is not described")
                 data[graph] = Graph(**data[graph])
@@ -130,9 +135,17 @@ class Manifest:
         for variant in self.variants:
             if variant.precision not in PRECISIONS:
                 raise ValueError(f"a variant's precision is not one of {', '.join(PRECISIONS)}")
-        for graph in (self.encoder, self.decoder, *(g for v in self.variants for g in (v.encoder, v.decoder))):
+        coding = (self.encoder, self.decoder, *(g for v in self.variants for g in (v.encoder, v.decoder)))
+        for graph in coding:
             if not all(isinstance(value, str) for value in (graph.file, graph.sha256, graph.input, graph.output)):
                 raise ValueError("graph file, sha256, input and output must be strings")
+        gradient = self.decoder_vjp
+        if gradient is not None:
+            names = (gradient.input, gradient.output)
+            if (not all(isinstance(value, str) for value in (gradient.file, gradient.sha256))
+                    or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n) for n in names)):
+                raise ValueError("decoder_vjp: file and sha256 must be strings, input and output lists of names")
+        for graph in (*coding, *([gradient] if gradient else [])):
             if not SHA256_HEX.fullmatch(graph.sha256):
                 raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
         sensitivity = self.channel_sensitivity

@@ -70,6 +70,14 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
+def owned_span(starts: list[int], index: int, tile: int) -> tuple[int, int]:
+    """The cells that tile `index` of those at `starts` owns outright: from the middle of its overlap
+    with the tile before to the middle of its overlap with the tile after."""
+    begin = 0 if index == 0 else (starts[index] + starts[index - 1] + tile) // 2
+    end = starts[index] + tile if index + 1 == len(starts) else (starts[index + 1] + starts[index] + tile) // 2
+    return begin, end
+
+
 def ramp(size: int, fade_in: int, fade_out: int) -> np.ndarray:
     """1-D blending weights over a tile that shares its first `fade_in` and last `fade_out` samples
     with its neighbours: nothing on the outer quarter of a shared stretch (where the tile saw least

@@ -1,0 +1,170 @@
+"""Encoder effort: the decoder's gradient graph against torch autograd, and the latent search."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sdlite
+from sdlite import effort, images, methods
+from sdlite.container import SdcFile
+from sdlite.inference import Graph
+
+from conftest import TINY_CONFIG, make_vae, run
+from pictures import photo, psnr
+from test_torch_free import BLOCK_TORCH
+
+
+def tiny_decoders():
+    from export import tae
+    from export.graphs import DecoderGraph
+    from export.sources import from_autoencoder_kl
+
+    torch.manual_seed(0)
+    yield "tae", DecoderGraph(tae.Decoder(8, pooled=True).eval(), 1.0, 0.0).eval(), 8
+    yield "sd", from_autoencoder_kl(make_vae(TINY_CONFIG, seed=0), "test", "tiny").decoder_graph(), 4
+
+
+@pytest.mark.parametrize("name, decoder, channels", list(tiny_decoders()), ids=["tae", "sd-vae"])
+def test_the_gradient_graph_matches_torch_autograd(tmp_path, name, decoder, channels):
+    from export.vjp import VJP_INPUTS, VJP_OUTPUTS, export_vjp_graph
+
+    torch.manual_seed(1)
+    export_vjp_graph(decoder, torch.randn(1, channels, 4, 4), torch.rand(1, 3, 32, 32), tmp_path / "vjp.onnx")
+    # another size than the export's: the sides are dynamic
+    latent, target = torch.randn(1, channels, 5, 7), torch.rand(1, 3, 40, 56)
+    latent_leaf = latent.clone().requires_grad_()
+    expected_image = decoder(latent_leaf)
+    torch.mean((expected_image - target) ** 2).backward()
+    image, gradient = Graph(tmp_path / "vjp.onnx", "cpu", VJP_INPUTS, VJP_OUTPUTS)(latent.numpy(), target.numpy())
+    assert np.abs(image - expected_image.detach().numpy()).max() < 1e-5
+    expected = latent_leaf.grad.numpy()
+    assert np.abs(expected).max() > 0
+    assert np.abs(gradient - expected).max() < 1e-4 * np.abs(expected).max()
+
+
+def test_the_manifest_records_the_verified_gradient_graph(tiny_model):
+    manifest = json.loads((tiny_model / "manifest.json").read_text())
+    graph = manifest["decoder_vjp"]
+    assert graph["input"] == ["latent", "target"] and graph["output"] == ["image", "latent_gradient"]
+    assert len(graph["sha256"]) == 64
+    check = manifest["verification"]["decoder_vjp"]
+    assert 0 < check["bound"] and check["max_abs_diff"] <= check["bound"]
+
+
+def test_histogram_rate_counts_code_lengths_and_points_to_cheaper_levels():
+    levels = np.zeros((2, 4, 4), dtype=np.int32)
+    levels[0, 0, :2] = 1  # channel 0: fourteen zeros and two ones; channel 1: all zeros
+    bits, slope = effort.histogram_rate(levels)
+    # smoothed counts: channel 0 over levels -1..2 is 0.5, 14.5, 2.5, 0.5 of 18; channel 1 over -1..1 is 0.5, 16.5, 0.5 of 17.5
+    expected = -14 * np.log2(14.5 / 18) - 2 * np.log2(2.5 / 18) - 16 * np.log2(16.5 / 17.5)
+    assert bits == pytest.approx(expected)
+    assert slope[0, 0, 0] > 0  # a one costs more bits going up than coming down to zero
+    assert slope[1, 0, 0] == pytest.approx(0.0)  # all zeros: both neighbours equally rare
+
+
+def distortion_and_levels(codec, data: bytes, pixels: np.ndarray) -> tuple[float, np.ndarray]:
+    """The decoded latent's MSE to the padded picture (unrounded, as the search measures it), and its levels."""
+    sdc = SdcFile.from_bytes(data)
+    model = methods.METHODS[sdc.method].from_bytes(sdc.model_params, sdc.latent_shape)
+    levels = model.decompress(sdc.payload, sdc.latent_shape)
+    decoded = codec.decoder(model.dequantize(levels, sdc.step)[None])
+    return float(np.mean((decoded - pixels) ** 2, dtype=np.float64)), levels
+
+
+@pytest.mark.parametrize("method", ["predictive", "uniform"])
+@pytest.mark.parametrize("quality", [10, 60])
+def test_effort_lowers_distortion_plus_rate(tiny_model, method, quality):
+    codec = sdlite.Codec.load(tiny_model)
+    image = photo(61, 45)
+    pixels, area = images.to_array(image, 8), 61 * 45
+    baseline = codec.encode(image, quality=quality, method=method)
+    start_distortion, start_levels = distortion_and_levels(codec, baseline, pixels)
+    # the search's rate weight, from where it starts: effort 0's levels
+    rate_weight = effort.RATE_SLOPE * start_distortion * area / effort.histogram_rate(start_levels)[0]
+
+    def objective(data: bytes) -> float:
+        return distortion_and_levels(codec, data, pixels)[0] + rate_weight * 8 * len(data) / area
+
+    for level in (1, 2):
+        assert objective(codec.encode(image, quality=quality, method=method, effort=level)) <= objective(baseline)
+
+
+def test_effort_with_rate_control_stays_within_the_budget(tiny_model):
+    codec = sdlite.Codec.load(tiny_model)
+    budget = len(codec.encode(photo(64, 48), quality=50))
+    assert len(codec.encode(photo(64, 48), size=budget, effort=1)) <= budget
+    with pytest.raises(sdlite.SdliteError, match="not palette"):
+        codec.encode(photo(64, 48), method="palette", effort=1)
+
+
+def test_effort_reports_its_steps_and_files_decode_with_the_plain_decoder(tiny_model):
+    codec = sdlite.Codec.load(tiny_model)
+    calls = []
+    data = codec.encode(photo(40, 24), quality=70, effort=1, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, effort.EFFORT_STEPS[1]) for i in range(1, effort.EFFORT_STEPS[1] + 1)]
+    assert codec.decode(data).size == (40, 24)
+    with pytest.raises(sdlite.SdliteError, match="effort must be between 0 and"):
+        codec.encode(photo(8, 8), effort=effort.MAX_EFFORT + 1)
+
+
+def test_a_model_without_the_gradient_graph_still_encodes_and_decodes(tiny_model, tmp_path):
+    older = tmp_path / "older"
+    shutil.copytree(tiny_model, older)
+    (older / "decoder_vjp.onnx").unlink()
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["decoder_vjp"]
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    codec = sdlite.Codec.load(older)
+    data = codec.encode(photo(24, 16), effort=0)
+    assert codec.decode(data).size == (24, 16)
+    with pytest.raises(sdlite.SdliteError, match="no decoder gradient graph"):
+        codec.encode(photo(24, 16), effort=1)
+    assert sdlite.Codec.load(tiny_model).decode(codec.encode(photo(24, 16))).size == (24, 16)
+
+
+def test_cli_effort_without_torch(tiny_model, tmp_path):
+    photo(30, 20).save(tmp_path / "p.png")
+    cli = BLOCK_TORCH + "from sdlite.cli import main\nmain()\n"
+    result = run(sys.executable, "-c", cli, "encode", str(tmp_path / "p.png"), "--effort", "1", "--model", str(tiny_model))
+    assert result.returncode == 0, result.stderr.decode()
+    assert sdlite.Codec.load(tiny_model).decode((tmp_path / "p.sdc").read_bytes()).size == (30, 20)
+    result = run(sys.executable, "-m", "sdlite.cli", "encode", str(tmp_path / "p.png"), "--effort", "99",
+                 "--model", str(tiny_model))
+    assert result.returncode != 0 and b"Traceback" not in result.stderr
+
+
+def test_effort_improves_the_real_taef2(taef2_model):
+    codec = sdlite.Codec.load(taef2_model)
+    image = photo(128, 96)
+    plain, searched = codec.encode(image, quality=50), codec.encode(image, quality=50, effort=2)
+    assert len(searched) <= 1.05 * len(plain)
+    assert psnr(codec.decode(searched), image) > psnr(codec.decode(plain), image) + 0.5
+
+
+def test_a_large_picture_is_searched_tile_by_tile(tiny_model):
+    codec = sdlite.Codec.load(tiny_model, tile=4)  # latent 8 x 6: tiles of 4 cells, 3 x 2 of them
+    image = photo(64, 48)
+    pixels = images.to_array(image, 8)
+    calls = []
+    searched = codec.encode(image, quality=60, effort=1, progress=lambda done, total: calls.append((done, total)))
+    steps = effort.EFFORT_STEPS[1]
+    assert calls == [(i, 6 * steps) for i in range(1, 6 * steps + 1)]
+    plain = codec.encode(image, quality=60)
+    assert searched != plain
+    whole = sdlite.Codec.load(tiny_model)
+    assert distortion_and_levels(whole, searched, pixels)[0] < distortion_and_levels(whole, plain, pixels)[0]
+
+
+def test_an_export_without_the_gradient_graph_refuses_only_effort(other_model):
+    assert json.loads((other_model / "manifest.json").read_text())["decoder_vjp"] is None
+    assert not (other_model / "decoder_vjp.onnx").exists()
+    codec = sdlite.Codec.load(other_model)
+    assert codec.decode(codec.encode(photo(24, 16))).size == (24, 16)
+    with pytest.raises(sdlite.SdliteError, match="no decoder gradient graph"):
+        codec.encode(photo(24, 16), effort=1)
