@@ -3,7 +3,8 @@
 - int8 (CPU): static QDQ quantisation of the convolutions (per-channel int8 weights, uint8
   activations calibrated on pictures), which onnxruntime runs with VNNI/AMX integer kernels. Group
   norms, attention and the rest stay in float32: they are a small share of the arithmetic and the
-  most sensitive to rounding.
+  most sensitive to rounding. Where the rounding errors still add up to more than INT8_TARGET_DB
+  (random weights do that in the SD decoder), the convolutions that cost the most go back to float32.
 - fp16 (CUDA): every float tensor in half precision except the nodes that overflow. The SD decoder
   is known to leave fp16's range in some layers, so the converted graph is run with every
   intermediate exposed, and each node whose output is not finite while its inputs are is put back in
@@ -202,6 +203,8 @@ def first_nonfinite_nodes(model: onnx.ModelProto, input_name: str, array: np.nda
             if not all(finite(name) for name in node.output) and all(finite(name) for name in node.input if name)}
 
 
+# (source, target, input name, calibration inputs, quality) -> the nodes kept in float32; fp16 keeps
+# the nodes that overflow whatever their quality cost, so it does not ask for it.
 BUILDERS = {"int8": int8_graph, "fp16": fp16_graph}
 CALIBRATION_SIDE = 128
 CHECK_SIDE = 256
