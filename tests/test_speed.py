@@ -202,6 +202,9 @@ def test_int8_keeps_the_costliest_convolutions_in_float32_until_the_target(tiny_
     assert precision.int8_graph(decoder.path, tmp_path / "all.onnx", decoder.input_name, latents, quality) == []
     whole = quality(onnx.load(str(tmp_path / "all.onnx")))
     monkeypatch.setattr(precision, "INT8_TARGET_DB", whole + 2.0)
+    monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 0.0)  # none may be kept: the target is out of reach
+    assert precision.int8_graph(decoder.path, tmp_path / "none.onnx", decoder.input_name, latents, quality) == []
+    monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 1.0)
     kept = precision.int8_graph(decoder.path, tmp_path / "some.onnx", decoder.input_name, latents, quality)
     model = onnx.load(str(tmp_path / "some.onnx"))
     convolutions = {node.name for node in model.graph.node if node.op_type == "Conv"}
