@@ -258,7 +258,7 @@ def plot(curves: dict[str, list[dict]], out: Path) -> None:
             values = [p[metric] for p in points]
             if np.all(np.isnan(values)):
                 continue
-            style = "-o" if method in ("predictive", "uniform", "palette") else "--s"
+            style = "--s" if method in CLASSIC else "-o"  # sdlite's own curves solid, the classic codecs' dashed
             axes.plot([p["bpp"] for p in points], values, style, label=method, markersize=4)
         axes.set_xlabel("bits per pixel")
         axes.set_ylabel(label)
