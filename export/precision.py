@@ -3,7 +3,8 @@
 - int8 (CPU): static QDQ quantisation of the convolutions (per-channel int8 weights, uint8
   activations calibrated on pictures), which onnxruntime runs with VNNI/AMX integer kernels. Group
   norms, attention and the rest stay in float32: they are a small share of the arithmetic and the
-  most sensitive to rounding.
+  most sensitive to rounding. Where the rounding errors still add up to more than INT8_TARGET_DB
+  (random weights do that in the SD decoder), the convolutions that cost the most go back to float32.
 - fp16 (CUDA): every float tensor in half precision except the nodes that overflow. The SD decoder
   is known to leave fp16's range in some layers, so the converted graph is run with every
   intermediate exposed, and each node whose output is not finite while its inputs are is put back in
@@ -20,6 +21,7 @@ import io
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -28,11 +30,20 @@ from sdlite.errors import SdliteError
 from sdlite.inference import Graph
 from sdlite.manifest import Graph as GraphEntry
 from sdlite.manifest import Variant, file_sha256
+from sdlite.precision import ACCEPTABLE_PSNR_DB
 
 from .calibration import center_crop
 
 VARIANT_DEVICES = {"int8": ["cpu"], "fp16": ["cuda"]}
 MAX_FP16_ROUNDS = 64
+# The PSNR against float32 an int8 graph is brought to (on the calibration pictures), a little above
+# the acceptable one so that the figure measured on another picture stays above it too.
+INT8_TARGET_DB = ACCEPTABLE_PSNR_DB + 1.0
+# The most convolutions kept in float32 to meet it; beyond that int8 would lose most of its speed.
+# On the random-weight SD decoder the loss is spread evenly: the 12 costliest of its 36 convolutions
+# in float32 bring 30.5 dB to 31.8 dB only, so it stays wholly in int8.
+INT8_FLOAT32_SHARE = 0.25
+Quality = Callable[[onnx.ModelProto], float]  # a variant graph's PSNR against float32, in dB
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -49,7 +60,34 @@ def timed(graph: Graph, array: np.ndarray) -> tuple[np.ndarray, float]:
     return output, time.perf_counter() - started
 
 
-def int8_graph(source: Path, target: Path, input_name: str, calibration: list[np.ndarray]) -> list[str]:
+def int8_graph(source: Path, target: Path, input_name: str, calibration: list[np.ndarray],
+               quality: Quality) -> list[str]:
+    """Writes the int8 graph and returns the convolutions kept in float32: none when the whole graph
+    in int8 is within INT8_TARGET_DB of float32 or when keeping INT8_FLOAT32_SHARE of them would not
+    bring it there, else those whose rounding costs the most, one by one until it is (each measured
+    by taking it alone out of the quantised graph)."""
+    quantize_convolutions(source, target, input_name, calibration, excluded=[])
+    quantised, original = onnx.load(str(target)), onnx.load(str(source))
+    whole = quality(quantised)
+    if whole >= INT8_TARGET_DB:
+        return []
+    convolutions = [node.name for node in quantised.graph.node if node.op_type == "Conv"]
+    gain = {name: quality(in_float32(quantised, original, {name})) - whole for name in convolutions}
+    ranked = sorted(convolutions, key=lambda name: -gain[name])
+    most = int(INT8_FLOAT32_SHARE * len(convolutions))
+    if quality(in_float32(quantised, original, set(ranked[:most]))) < INT8_TARGET_DB:
+        return []  # the loss is spread too evenly: the variant would be float32's speed, or short of the target
+    kept: list[str] = []
+    for name in ranked:
+        kept.append(name)
+        if quality(in_float32(quantised, original, set(kept))) >= INT8_TARGET_DB:
+            break
+    quantize_convolutions(source, target, input_name, calibration, excluded=kept)
+    return kept
+
+
+def quantize_convolutions(source: Path, target: Path, input_name: str, calibration: list[np.ndarray],
+                          excluded: list[str]) -> None:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -62,11 +100,44 @@ def int8_graph(source: Path, target: Path, input_name: str, calibration: list[np
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser logs every tensor it touches
     with contextlib.redirect_stdout(io.StringIO()):
         quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
-    return []
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                        nodes_to_exclude=excluded)
 
 
-def fp16_graph(source: Path, target: Path, input_name: str, calibration: list[np.ndarray]) -> list[str]:
+def in_float32(quantised: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """The quantised graph with the nodes `names` reading float32 again: the activation from before its
+    QuantizeLinear, the weights and bias from the float32 graph (the quantisers left unread are harmless)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(quantised)
+    producer = {output: node for node in model.graph.node for output in node.output}
+    float_weights = {tensor.name: tensor for tensor in original.graph.initializer}
+    present = {tensor.name for tensor in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        for i, name in enumerate(node.input):
+            dequantize = producer.get(name)
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                continue
+            quantize = producer.get(dequantize.input[0])
+            if quantize is not None and quantize.op_type == "QuantizeLinear":
+                node.input[i] = quantize.input[0]
+                continue
+            weight = name.removesuffix("_DequantizeLinear_Output")  # the quantiser's naming
+            if weight not in float_weights:
+                raise SdliteError(f"int8: cannot find the float32 weights of {node.name} ({weight})")
+            copy = f"{weight}_float32"  # the bias's dequantised value keeps the original name
+            if copy not in present:
+                tensor = model.graph.initializer.add()
+                tensor.CopyFrom(float_weights[weight])
+                tensor.name = copy
+                present.add(copy)
+            node.input[i] = copy
+    return model
+
+
+def fp16_graph(source: Path, target: Path, input_name: str, calibration: list[np.ndarray],
+               quality: Quality) -> list[str]:
     """Writes the fp16 graph and returns the nodes kept in float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -141,9 +212,12 @@ def first_nonfinite_nodes(model: onnx.ModelProto, input_name: str, array: np.nda
             if not all(finite(name) for name in node.output) and all(finite(name) for name in node.input if name)}
 
 
+# (source, target, input name, calibration inputs, quality) -> the nodes kept in float32; fp16 keeps
+# the nodes that overflow whatever their quality cost, so it does not ask for it.
 BUILDERS = {"int8": int8_graph, "fp16": fp16_graph}
 CALIBRATION_SIDE = 128
 CHECK_SIDE = 256
+QUALITY_PICTURES = 3  # of the calibration pictures, to choose the int8 convolutions kept in float32
 
 
 def synthetic_picture(side: int, seed: int) -> np.ndarray:
@@ -167,6 +241,22 @@ def pictures_for(photos: list[np.ndarray] | None, count: int = 8) -> tuple[list[
     return [center_crop(p, CALIBRATION_SIDE) for p in pictures[:-1]], center_crop(pictures[-1], CHECK_SIDE)
 
 
+def quality_against_float32(role: str, input_name: str, decoder: Graph, pictures: list[np.ndarray],
+                            latents: list[np.ndarray]) -> Quality:
+    """PSNR of the pictures decoded through a variant of the encoder (with the float32 decoder) or of
+    the decoder (from the float32 encoder's latents) against the float32 chain's."""
+    import onnxruntime as ort
+
+    references = np.concatenate([decoder(latent) for latent in latents])
+
+    def quality(model: onnx.ModelProto) -> float:
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        outputs = [session.run(None, {input_name: array})[0] for array in (pictures if role == "encoder" else latents)]
+        return psnr(np.concatenate([decoder(out) for out in outputs] if role == "encoder" else outputs), references)
+
+    return quality
+
+
 def build_variant(precision: str, folder: Path, encoder: Graph, decoder: Graph, io_names: dict[str, tuple[str, str]],
                   pictures: list[np.ndarray], check: np.ndarray) -> Variant:
     """The variant's two graphs written into `folder`, calibrated on `pictures`, measured on `check`
@@ -178,7 +268,9 @@ def build_variant(precision: str, folder: Path, encoder: Graph, decoder: Graph, 
     for role, source, calibration in (("encoder", encoder, pictures), ("decoder", decoder, latents)):
         input_name, output_name = io_names[role]
         name = f"{role}.{precision}.onnx"
-        kept += BUILDERS[precision](source.path, folder / name, input_name, calibration)
+        quality = quality_against_float32(role, input_name, decoder, pictures[:QUALITY_PICTURES],
+                                          latents[:QUALITY_PICTURES])
+        kept += BUILDERS[precision](source.path, folder / name, input_name, calibration, quality)
         runners[role] = Graph(folder / name, "cpu", input_name, output_name)
         graphs[role] = GraphEntry(name, file_sha256(folder / name), input_name, output_name)
 

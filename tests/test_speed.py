@@ -13,6 +13,7 @@ import torch
 
 import sdlite
 from sdlite import images
+from sdlite.codec import PICTURE_BYTES_PER_PIXEL
 from sdlite.inference import CUDA, Graph, cached_graph_path
 from sdlite.precision import ACCEPTABLE_PSNR_DB
 from sdlite.tiling import MemoryModel, Tiling, choose_tiling, run_tiled, tile_starts
@@ -64,6 +65,66 @@ def test_tiling_follows_the_memory_budget():
     assert tiling is not None and memory.peak(tiling.tile**2) <= 2e9 < memory.peak((tiling.tile + 1) ** 2)
     with pytest.raises(sdlite.SdliteError, match="too little"):
         choose_tiling(512, 512, memory, budget=150e6)
+
+
+def test_blending_weights_add_up_where_three_tiles_overlap():
+    # 21 cells in tiles of 12: starts 0, 4 (or 5), 9, so the middle cells lie in all three tiles.
+    latent = np.full((1, 4, 21, 21), 0.25, dtype=np.float32)
+    tiled = run_tiled(decode_like, latent, Tiling(12, 4), 1, 8)
+    assert len(tile_starts(21, 12, 4)) == 3
+    assert np.abs(tiled - 0.25).max() < 1e-6
+
+
+def peak_allocated(function, *args):
+    """The result of function(*args) and the most bytes that numpy (through tracemalloc) held at once
+    while it ran, beyond what was held before."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = function(*args)
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_blending_holds_no_picture_sized_buffer_beside_the_result():
+    latent = np.random.default_rng(0).normal(size=(1, 3, 128, 128)).astype(np.float32)
+    result, peak = peak_allocated(run_tiled, upscale, latent, Tiling(48, 8), 1, 8)
+    # The result (1024 x 1024 x 3 float32, 12 MiB) and a tile's output; an image-sized float32
+    # weights array beside them would add 4 MiB.
+    tile_bytes = 3 * (48 * 8) ** 2 * 4
+    assert peak < result.nbytes + 3 * tile_bytes < result.nbytes + 4 * 2**20 + tile_bytes
+
+
+def upscale(latent: np.ndarray, release: bool = False) -> np.ndarray:
+    return latent.repeat(8, 2).repeat(8, 3)
+
+
+def test_the_decoded_picture_is_converted_without_a_float_copy():
+    array = np.random.default_rng(0).uniform(size=(1, 3, 1024, 1024)).astype(np.float32)
+    image, peak = peak_allocated(images.from_array, array, 1000, 1000)
+    assert image.size == (1000, 1000)
+    assert np.array_equal(np.asarray(image), np.rint(array[0, :, :1000, :1000].transpose(1, 2, 0) * 255))
+    assert peak < 0.6 * array.nbytes  # the 8-bit picture (twice, once in PIL) and one band of rows in float32
+
+
+def test_sessions_plan_no_memory_pattern():
+    # A memory pattern makes the arena hold a second copy of a run's working memory from the second
+    # run on, which tiling's memory model (and the 4 GB aim at 4096 x 4096) does not allow for.
+    from sdlite.inference import session_options
+
+    assert session_options().enable_mem_pattern is False
+
+
+def test_the_picture_s_own_buffers_count_against_the_budget(tiny_model):
+    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
+    memory = MemoryModel(*manifest.decoder.memory)
+    cells, pixels = 32 * 32, 256 * 256
+    network_only = int(memory.peak(cells)) + 1
+    assert sdlite.Codec.load(tiny_model, precision="fp32", max_memory=network_only).tiling("decoder", 32, 32)
+    beside = network_only + PICTURE_BYTES_PER_PIXEL * pixels
+    assert sdlite.Codec.load(tiny_model, precision="fp32", max_memory=beside).tiling("decoder", 32, 32) is None
 
 
 def test_the_manifest_records_memory_and_time_for_every_graph(tiny_model):
@@ -124,6 +185,36 @@ def test_variants_are_recorded_with_their_quality(tiny_model):
         assert set(variant["psnr_db"]) == {"encoder", "decoder"}
         assert all(np.isfinite(v) for v in variant["psnr_db"].values())
     assert variants["fp16"]["psnr_db"]["decoder"] > 50  # half precision is nearly exact here
+
+
+def test_int8_keeps_the_costliest_convolutions_in_float32_until_the_target(tiny_model, tmp_path, monkeypatch):
+    import onnx
+
+    from export import precision
+
+    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
+    encoder = Graph(tiny_model / "encoder.onnx", "cpu", manifest.encoder.input, manifest.encoder.output)
+    decoder = Graph(tiny_model / "decoder.onnx", "cpu", manifest.decoder.input, manifest.decoder.output)
+    pictures, _ = precision.pictures_for(None, count=2)
+    latents = [encoder(picture) for picture in pictures]
+    quality = precision.quality_against_float32("decoder", decoder.input_name, decoder, pictures, latents)
+    monkeypatch.setattr(precision, "INT8_TARGET_DB", 0.0)  # met by the whole graph in int8
+    assert precision.int8_graph(decoder.path, tmp_path / "all.onnx", decoder.input_name, latents, quality) == []
+    whole = quality(onnx.load(str(tmp_path / "all.onnx")))
+    monkeypatch.setattr(precision, "INT8_TARGET_DB", whole + 2.0)
+    monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 0.0)  # none may be kept: the target is out of reach
+    assert precision.int8_graph(decoder.path, tmp_path / "none.onnx", decoder.input_name, latents, quality) == []
+    monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 1.0)
+    kept = precision.int8_graph(decoder.path, tmp_path / "some.onnx", decoder.input_name, latents, quality)
+    model = onnx.load(str(tmp_path / "some.onnx"))
+    convolutions = {node.name for node in model.graph.node if node.op_type == "Conv"}
+    assert kept and set(kept) < convolutions
+    assert quality(model) >= whole + 2.0 - 0.05
+    producer = {output: node.op_type for node in model.graph.node for output in node.output}
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            reads_int8 = producer.get(node.input[0]) == "DequantizeLinear"
+            assert reads_int8 == (node.name not in kept)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])

@@ -27,9 +27,12 @@ DEFAULT_QUALITY = 50
 # limit is what keeps a hostile one from filling the memory or the hours: tiling bounds the networks'
 # memory (max_memory), but the picture's own buffers and the time still grow with its pixels.
 DEFAULT_MAX_PIXELS = 1 << 24
-# What one run of a graph may take (the process's peak RSS, as measured at export) before the image
-# is cut into tiles: leaves room under 4 GB for the picture's own buffers at 4096x4096.
+# What one run of a graph and the picture's buffers beside it may take (the process's peak RSS, the
+# run's as measured at export) before the image is cut into tiles.
 DEFAULT_MAX_MEMORY = int(2.5 * 2**30)
+# Held beside a network run, per pixel: the float32 picture going in or the float32 result being
+# blended (12 bytes), and the 8-bit image it comes from or goes to (3, rounded up).
+PICTURE_BYTES_PER_PIXEL = 16
 GRADIENT_MEMORY_FACTOR = 3
 
 
@@ -113,7 +116,10 @@ class Codec:
             fits = max(latent_height, latent_width) <= self.tile
             return None if fits else Tiling(self.tile, min(DEFAULT_OVERLAP, self.tile // 4))
         memory = self._loaded(role)[2]
-        return None if memory is None else choose_tiling(latent_height, latent_width, memory, self.max_memory)
+        if memory is None:
+            return None
+        pixels = latent_height * latent_width * self.manifest.downsampling_factor**2
+        return choose_tiling(latent_height, latent_width, memory, self.max_memory - PICTURE_BYTES_PER_PIXEL * pixels)
 
     @property
     def decoder_gradient(self) -> Graph:

@@ -21,6 +21,7 @@ ImageSource = Image.Image | str | Path | bytes
 # The ICC colour space each family of modes is read with; other modes go to RGB without a profile.
 _PROFILE_MODES = {"RGB ": "RGB", "GRAY": "L", "CMYK": "CMYK"}
 _SRGB = ImageCms.createProfile("sRGB")
+ROWS_PER_BAND = 128
 
 
 def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
@@ -111,8 +112,12 @@ def to_array(image: Image.Image, factor: int) -> np.ndarray:
 
 def from_array(array: np.ndarray, width: int, height: int) -> Image.Image:
     """The decoder's NCHW output in [0, 1], cropped back to the image's own size."""
-    pixels = array[0, :, :height, :width].transpose(1, 2, 0) * 255.0  # the one float copy, then worked in place
-    np.nan_to_num(pixels, copy=False, nan=0.0)
-    np.rint(pixels, out=pixels)
-    np.clip(pixels, 0, 255, out=pixels)
-    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+    pixels = np.empty((height, width, 3), dtype=np.uint8)
+    # A band of rows at a time, so that a large picture's float copy is a band's, not the picture's.
+    for top in range(0, height, ROWS_PER_BAND):
+        band = array[0, :, top:min(top + ROWS_PER_BAND, height), :width].transpose(1, 2, 0) * 255.0
+        np.nan_to_num(band, copy=False, nan=0.0)
+        np.rint(band, out=band)
+        np.clip(band, 0, 255, out=band)
+        pixels[top:top + ROWS_PER_BAND] = band
+    return Image.fromarray(pixels, "RGB")
