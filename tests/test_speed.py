@@ -197,15 +197,15 @@ def test_int8_keeps_the_costliest_convolutions_in_float32_until_the_target(tiny_
     decoder = Graph(tiny_model / "decoder.onnx", "cpu", manifest.decoder.input, manifest.decoder.output)
     pictures, _ = precision.pictures_for(None, count=2)
     latents = [encoder(picture) for picture in pictures]
-    quality = precision.quality_against_float32("decoder", decoder.input_name, decoder, pictures, latents)
+    quality = precision.quality_against_float32("decoder", manifest.decoder.input, decoder, pictures, latents)
     monkeypatch.setattr(precision, "INT8_TARGET_DB", 0.0)  # met by the whole graph in int8
-    assert precision.int8_graph(decoder.path, tmp_path / "all.onnx", decoder.input_name, latents, quality) == []
+    assert precision.int8_graph(decoder.path, tmp_path / "all.onnx", manifest.decoder.input, latents, quality) == []
     whole = quality(onnx.load(str(tmp_path / "all.onnx")))
     monkeypatch.setattr(precision, "INT8_TARGET_DB", whole + 2.0)
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 0.0)  # none may be kept: the target is out of reach
-    assert precision.int8_graph(decoder.path, tmp_path / "none.onnx", decoder.input_name, latents, quality) == []
+    assert precision.int8_graph(decoder.path, tmp_path / "none.onnx", manifest.decoder.input, latents, quality) == []
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 1.0)
-    kept = precision.int8_graph(decoder.path, tmp_path / "some.onnx", decoder.input_name, latents, quality)
+    kept = precision.int8_graph(decoder.path, tmp_path / "some.onnx", manifest.decoder.input, latents, quality)
     model = onnx.load(str(tmp_path / "some.onnx"))
     convolutions = {node.name for node in model.graph.node if node.op_type == "Conv"}
     assert kept and set(kept) < convolutions
