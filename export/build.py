@@ -88,8 +88,8 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         pictures, check = pictures_for(photos)
         graphs = {role: Graph(f"{role}.onnx", file_sha256(staging / f"{role}.onnx"), *io_names[role])
                   for role in io_names}
-        check_latent, graphs["encoder"].seconds = timed(runners["encoder"], check)
-        _, graphs["decoder"].seconds = timed(runners["decoder"], check_latent)
+        timed_latent, graphs["encoder"].seconds = timed(runners["encoder"], check)
+        _, graphs["decoder"].seconds = timed(runners["decoder"], timed_latent)
         variants = []
         for step, precision in enumerate(precisions, start=8):
             progress(step, steps, f"making the {precision} variant")

@@ -33,6 +33,8 @@ DEFAULT_MAX_MEMORY = int(2.5 * 2**30)
 # Held beside a network run, per pixel: the float32 picture going in or the float32 result being
 # blended (12 bytes), and the 8-bit image it comes from or goes to (3, rounded up).
 PICTURE_BYTES_PER_PIXEL = 16
+# The gradient graph keeps the forward pass's activations and makes their gradients: about 3x the
+# decoder's peak (TAEF2, measured: 1.40 GB against 0.48 GB at 64x64 latent cells).
 GRADIENT_MEMORY_FACTOR = 3
 
 
@@ -86,8 +88,6 @@ class Codec:
                         raise SdliteError(f"model {self.manifest.name} has no decoder gradient graph (exported by "
                                           f"an older version): re-export it with `python -m export build`, or use "
                                           f"effort 0")
-                    # The backward pass keeps the forward's activations and makes their gradients: about
-                    # 3x the decoder's peak (TAEF2, measured: 1.40 GB against 0.48 GB at 64x64 cells).
                     memory = self.manifest.decoder.memory and [GRADIENT_MEMORY_FACTOR * term
                                                                for term in self.manifest.decoder.memory]
                 else:
@@ -178,7 +178,8 @@ class Codec:
 
         return qualities[ratecontrol.largest_within(pack_at, size)]
 
-    def refine(self, latent: np.ndarray, pixels: np.ndarray, quality: float, coder, iterations: int, progress: effort_levels.Progress | None = None) -> np.ndarray:
+    def refine(self, latent: np.ndarray, pixels: np.ndarray, quality: float, coder, iterations: int,
+               progress: effort_levels.Progress | None = None) -> np.ndarray:
         """A latent that, quantized at `quality` by `coder`, decodes closer to `pixels` than the encoder's
         for about the same size. A large picture is searched tile by tile, so the gradient graph's memory
         stays bounded; each tile keeps the cells nearer its centre than its neighbours'."""

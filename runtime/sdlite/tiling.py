@@ -4,8 +4,9 @@ The decoder's mid-block attention is quadratic in the latent's area (about 1 TB 
 image) and its activations grow with the image, so large images are cut into square tiles of latent
 cells that overlap their neighbours. Each tile runs alone; in the overlaps the tiles are blended with
 weights that fall linearly to nothing before a tile's inner edges, where it saw the least context, so
-no seam shows, and an operator that reaches less than a quarter of the overlap is reproduced exactly. Tiles are positioned on the latent grid, which the encoder's input (factor x finer) and
-the decoder's output share.
+no seam shows, and an operator that reaches less than a quarter of the overlap is reproduced exactly.
+Tiles are positioned on the latent grid, which the encoder's input (factor x finer) and the decoder's
+output share.
 """
 
 from __future__ import annotations
