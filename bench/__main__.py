@@ -23,11 +23,12 @@ def speed(
     repeats: int = typer.Option(2, "--repeats", min=1, help="Warm runs per case (the best is reported)."),
     out: Path = typer.Option(Path("bench/results/speed.md"), "--out", help="Markdown table to write."),
     kodak: bool = typer.Option(True, "--kodak/--no-kodak", help="Also time a Kodak photo (768x512)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda: where every engine runs."),
 ) -> None:
     """Encode and decode time, GFLOP/s, peak memory and cold start: sdlite's precisions, torch, diffusers."""
     from .speed import main as run
 
-    run(sd_model, taef2, repeats, out, kodak)
+    run(sd_model, taef2, repeats, out, kodak, device)
 
 
 @app.command()

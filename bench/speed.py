@@ -3,7 +3,8 @@
 Every case runs in a fresh process, so that its peak memory (VmHWM) and its cold start (from the
 process's launch to the first result) are its own. The full SD 1.x VAE architecture is timed with
 random weights: speed does not depend on them. Achieved GFLOP/s are set against the float32
-matrix-product peak of numpy measured in the same run.
+matrix-product peak measured in the same run: numpy's on the CPU, torch's on a CUDA GPU (where the
+engines run when `--device cuda` is given; the PSNR reference stays the float32 chain on the CPU).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Case:
     precision: str
     role: str  # encoder or decoder
     picture: str  # name of the picture the inputs come from
+    device: str = "cpu"
     result: dict = field(default_factory=dict)
 
 
@@ -62,13 +64,13 @@ def torch_module(case: Case, source: str):
     if case.engine == "diffusers":
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(source).eval()
+        vae = AutoencoderKL.from_pretrained(source).eval().to(case.device)
         scale = vae.config.scaling_factor
         if case.role == "encoder":
             return lambda x: vae.encode(x * 2 - 1).latent_dist.mean * scale
         return lambda z: ((vae.decode(z / scale).sample + 1) / 2).clamp(0, 1)
     loaded = load_model(source, None)
-    return loaded.encoder_graph() if case.role == "encoder" else loaded.decoder_graph()
+    return (loaded.encoder_graph() if case.role == "encoder" else loaded.decoder_graph()).to(case.device)
 
 
 def run_case(spec: dict) -> None:
@@ -79,18 +81,18 @@ def run_case(spec: dict) -> None:
     if case.engine == "sdlite":
         import sdlite
 
-        codec = sdlite.Codec.load(spec["folder"], precision=case.precision, max_memory=NO_TILING)
+        codec = sdlite.Codec.load(spec["folder"], device=case.device, precision=case.precision, max_memory=NO_TILING)
         run = getattr(codec, f"run_{case.role}")
         getattr(codec, case.role)  # the session
     else:
         import torch
 
         module = torch_module(case, spec["source"])
-        tensor = torch.from_numpy(array)
+        tensor = torch.from_numpy(array).to(case.device)
 
         def run(_):
             with torch.inference_mode():
-                return module(tensor).numpy()
+                return module(tensor).cpu().numpy()  # the copy back waits for the GPU
     ready = time.time() - launched
     started = time.perf_counter()
     output = run(array)
@@ -112,6 +114,24 @@ def numpy_peak_gflops(side: int = 4096, repeats: int = 3) -> float:
     for _ in range(repeats):
         started = time.perf_counter()
         a @ a
+        best = min(best, time.perf_counter() - started)
+    return 2 * side**3 / best / 1e9
+
+
+def torch_cuda_peak_gflops(side: int = 8192, repeats: int = 5) -> float:
+    """torch's float32 matrix product on the GPU, in TF32 as onnxruntime's and torch's cuDNN
+    convolutions compute float32 by default."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    a = torch.randn(side, side, device="cuda")
+    best = float("inf")
+    a @ a
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ a
+        torch.cuda.synchronize()
         best = min(best, time.perf_counter() - started)
     return 2 * side**3 / best / 1e9
 
@@ -159,7 +179,8 @@ def ensure_sd1(models: Path) -> Path:
     return folder
 
 
-def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path, kodak: bool = True) -> None:
+def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path, kodak: bool = True,
+         device: str = "cpu") -> None:
     import sdlite
 
     from export.precision import psnr
@@ -168,42 +189,40 @@ def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path, kodak: b
     models = {"sd1": (sd1 or ensure_sd1(RESULTS / "models"), str(sd1_weights(RESULTS / "models")))}
     if taef2 is not None:
         models["taef2"] = (taef2, str(TAEF2))
-    peak = numpy_peak_gflops()
-    print(f"numpy float32 matrix product: {peak:.0f} GFLOP/s", file=sys.stderr)
+    peak = numpy_peak_gflops() if device == "cpu" else torch_cuda_peak_gflops()
+    print(f"float32 matrix product on {device}: {peak:.0f} GFLOP/s", file=sys.stderr)
     rows, starts = [], []
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         for model, (folder, source) in models.items():
-            starts += cold_starts(folder, model, scratch)
+            starts += cold_starts(folder, model, scratch, device)
             manifest = sdlite.Manifest.from_json((folder / "manifest.json").read_text())
-            # Variants made for CUDA (fp16) are not timed on the CPU: onnxruntime runs them slower there.
-            precisions = ["fp32", *(v.precision for v in manifest.variants if "cpu" in v.devices)]
+            # Each device times the variants made for it: onnxruntime runs fp16 slower on the CPU, and
+            # its CUDA provider has no int8 convolution.
+            precisions = ["fp32", *(v.precision for v in manifest.variants if device in v.devices)]
             reference = sdlite.Codec.load(folder, precision="fp32", max_memory=NO_TILING)
             engines = [("sdlite", p) for p in precisions]
             if model == "sd1":
                 engines += [("torch", "fp32"), ("diffusers", "fp32")]
             for picture, pixels in pictures(kodak).items():
                 latent = reference.run_encoder(pixels)
+                fp32_picture = reference.run_decoder(latent)
                 inputs = {"encoder": pixels, "decoder": latent}
                 for role in ("encoder", "decoder"):
                     np.save(scratch / f"{role}.npy", inputs[role])
                     work = flops(Case("torch", model, "fp32", role, picture), source, inputs[role].shape)
-                    outputs = {}
                     for engine, precision in engines:
-                        case = Case(engine, model, precision, role, picture)
+                        case = Case(engine, model, precision, role, picture, device)
                         spec = {"case": case.__dict__, "folder": str(folder), "source": source,
                                 "input": str(scratch / f"{role}.npy"), "output": str(scratch / "out.npy"),
                                 "repeats": repeats}
                         case.result = in_child(spec)
                         if case.result is None:
                             continue
-                        outputs[(engine, precision)] = np.load(scratch / "out.npy")
+                        decoded = np.load(scratch / "out.npy")
                         if role == "encoder":  # the encoder's quality shows in the picture it decodes to
-                            decoded = reference.run_decoder(outputs[(engine, precision)])
-                            fp32 = reference.run_decoder(outputs[("sdlite", "fp32")])
-                        else:
-                            decoded, fp32 = outputs[(engine, precision)], outputs[("sdlite", "fp32")]
-                        case.result.update(gflop=work / 1e9, psnr=psnr(decoded, fp32))
+                            decoded = reference.run_decoder(decoded)
+                        case.result.update(gflop=work / 1e9, psnr=psnr(decoded, fp32_picture))
                         rows.append(case)
                         print(row_text(case, peak), file=sys.stderr, flush=True)
     table = markdown(rows, peak) + (
@@ -226,7 +245,7 @@ def in_child(spec: dict, env: dict | None = None) -> dict | None:
     return json.loads(child.stdout.splitlines()[-1])
 
 
-def cold_starts(folder: Path, model: str, scratch: Path) -> list[str]:
+def cold_starts(folder: Path, model: str, scratch: Path, device: str) -> list[str]:
     """Process launch to decoder ready, and to a 512x512 picture decoded, with an empty and a warm
     cache of optimised graphs (precision auto: what a user gets)."""
     import sdlite
@@ -236,7 +255,7 @@ def cold_starts(folder: Path, model: str, scratch: Path) -> list[str]:
     cache = scratch / "cold-cache"
     lines = []
     for state in ("empty cache", "cached"):
-        case = Case("sdlite", model, "auto", "decoder", "512x512 latent")
+        case = Case("sdlite", model, "auto", "decoder", "512x512 latent", device)
         spec = {"case": case.__dict__, "folder": str(folder), "source": None, "input": str(scratch / "cold.npy"),
                 "output": str(scratch / "cold-out.npy"), "repeats": 1}
         result = in_child(spec, {"SDLITE_CACHE_DIR": str(cache)})
@@ -250,16 +269,17 @@ def cold_starts(folder: Path, model: str, scratch: Path) -> list[str]:
 def row_text(case: Case, peak: float) -> str:
     r = case.result
     rate = r["gflop"] / r["warm_s"]
-    return (f"| {case.model} | {case.picture} | {case.role} | {case.engine} | {case.precision} | {r['warm_s']:.3f} | "
+    return (f"| {case.model} | {case.picture} | {case.role} | {case.engine} | {case.device} | {case.precision} | "
+            f"{r['warm_s']:.3f} | "
             f"{r['first_s']:.3f} | {r['ready_s']:.2f} | {r['first_done_s']:.2f} | {rate:.0f} | "
             f"{100 * rate / peak:.0f}% | {r['peak_rss'] / 2**30:.2f} | {r['psnr']:.1f} |")
 
 
 def markdown(rows: list[Case], peak: float) -> str:
-    head = ("| model | picture | network | engine | precision | warm s | first call s | ready after launch s | "
-            "first result after launch s | GFLOP/s | of numpy peak | peak RSS GiB | PSNR vs sdlite fp32 dB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    note = (f"\nnumpy float32 matrix-product peak in this run: {peak:.0f} GFLOP/s. "
+    head = ("| model | picture | network | engine | device | precision | warm s | first call s | ready after launch s | "
+            "first result after launch s | GFLOP/s | of float32 peak | peak RSS GiB | PSNR vs sdlite fp32 dB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    note = (f"\nfloat32 matrix-product peak in this run (numpy on the CPU, torch on a GPU): {peak:.0f} GFLOP/s. "
             f"Warm: best of the repeated runs; PSNR of the decoded picture (for encoders: decoded by the "
-            f"float32 decoder) against sdlite's float32 chain.\n")
+            f"float32 decoder) against sdlite's float32 chain on the CPU.\n")
     return head + "\n".join(row_text(case, peak) for case in rows) + "\n" + note

@@ -320,6 +320,21 @@ def test_cli_options_for_precision_and_memory(tmp_path, tiny_model):
     assert "precisions     fp32, int8" in run(*SDLITE, "info", str(tmp_path / "p.sdc"), env=env).stdout.decode()
 
 
+def test_cuda_that_cannot_start_is_an_error_not_a_silent_cpu_run(tiny_model, monkeypatch, capsys):
+    """An onnxruntime that lists CUDA but cannot start it (no cuDNN, say) falls back to the CPU and
+    prints so on stdout; here a CPU-only onnxruntime is made to list CUDA, and falls back the same way."""
+    import onnxruntime
+
+    if CUDA in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: it would start")
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
+    pixels = images.to_array(photo(64, 48), 8)
+    with pytest.raises(sdlite.SdliteError, match="could not start CUDA"):
+        sdlite.Codec.load(tiny_model, device="cuda", precision="fp32").run_encoder(pixels)
+    assert sdlite.Codec.load(tiny_model, device="auto", precision="fp32").run_encoder(pixels).shape[1] == 4
+    assert capsys.readouterr().out == ""
+
+
 def test_cuda_runs_through_io_binding(tiny_model):
     import onnxruntime
 
