@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from sdlite.inference import Graph as Runner
-from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
+from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, Segmented, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
 from .calibration import load_photos
 from .memory import memory_model
 from .precision import build_variant, pictures_for, timed
+from .segments import check_segments, split
 from .sensitivity import calibration_pictures, channel_sensitivity
 from .sources import load_model
 from .verify import check_gradient_graph, check_graph, sample_image
@@ -75,6 +76,14 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             "encoder": check_graph(encoder, staging / "encoder.onnx", ENCODER_IO, check_image, tolerance),
             "decoder": check_graph(decoder, staging / "decoder.onnx", DECODER_IO, check_latent, tolerance),
         }
+        segmented = {}
+        for role, names, array, in_factor in (("encoder", ENCODER_IO, check_image, factor),
+                                              ("decoder", DECODER_IO, check_latent, 1)):
+            segments = split(staging / f"{role}.onnx", staging, role)
+            if segments:  # run in one piece, the segments must give what the whole graph gives
+                verification[f"{role}_segments"], held = check_segments(
+                    segments, staging, staging / f"{role}.onnx", names, array.numpy(), in_factor, tolerance)
+                segmented[role] = Segmented(segments, round(held, 1))
         if gradient:
             verification["decoder_vjp"] = check_gradient_graph(decoder, staging / "decoder_vjp.onnx", check_latent,
                                                                check_image, tolerance)
@@ -117,6 +126,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             versions={package: version(package) for package in
                       ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
             variants=variants,
+            segmented=segmented,
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         os.chmod(staging, 0o755)

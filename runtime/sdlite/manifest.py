@@ -43,6 +43,39 @@ class Graph:
     seconds: float | None = None  # per run at the export's check size, on the export machine's CPU
 
 
+@dataclass
+class Segment:
+    """A piece of the decoder between two group norms or attentions (see groupnorm.py): its graph, and
+    what the runtime computes after it. For a norm: the normalised tensor the next segments read, its
+    groups and epsilon, the graph's first output being the norm's input. For an attention: the tensor
+    softmax(q @ kT) @ v that the next segments read, the graph's first three outputs being q, kT and v.
+    The last segment is followed by neither."""
+
+    graph: Graph
+    normalised: str | None = None
+    groups: int | None = None
+    epsilon: float | None = None
+    attended: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Segment:
+        return cls(**{**data, "graph": Graph(**data["graph"])})
+
+
+@dataclass
+class Segmented:
+    """A float32 encoder or decoder cut before each group norm and attention, for tiles that see the
+    whole picture's statistics (see groupnorm.py)."""
+
+    segments: list[Segment]
+    # The most bytes of tensors held between two segments at once, per latent cell, run in one piece.
+    held_bytes_per_cell: float
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Segmented:
+        return cls(**{**data, "segments": [Segment.from_dict(segment) for segment in data["segments"]]})
+
+
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
 FP32 = "fp32"
 
@@ -89,6 +122,8 @@ class Manifest:
     # How much each latent channel moves the decoded image (mean squared pixel change per unit of
     # squared latent change), measured by the export; empty when unknown, as in older manifests.
     channel_sensitivity: list = field(default_factory=list)
+    # "encoder" and "decoder" cut into segments, for those with group norms (none in older manifests).
+    segmented: dict[str, Segmented] = field(default_factory=dict)
 
     @property
     def latent_space_id(self) -> bytes:
@@ -113,6 +148,10 @@ class Manifest:
                     raise ValueError(f"{graph} is not described")
                 data[graph] = Graph(**data[graph])
             data["variants"] = [Variant.from_dict(variant) for variant in data.get("variants", [])]
+            segmented = data.get("segmented", {})
+            if not isinstance(segmented, dict) or not all(isinstance(value, dict) for value in segmented.values()):
+                raise ValueError("segmented must map a role to its segments")
+            data["segmented"] = {role: Segmented.from_dict(value) for role, value in segmented.items()}
             manifest = cls(**data)
             manifest._check_values()
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
@@ -145,7 +184,10 @@ class Manifest:
             if (not all(isinstance(value, str) for value in (gradient.file, gradient.sha256))
                     or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n) for n in names)):
                 raise ValueError("decoder_vjp: file and sha256 must be strings, input and output lists of names")
-        for graph in (*coding, *([gradient] if gradient else [])):
+        for role, segmented in self.segmented.items():
+            self._check_segmented(role, segmented)
+        segment_graphs = [segment.graph for segmented in self.segmented.values() for segment in segmented.segments]
+        for graph in (*coding, *([gradient] if gradient else []), *segment_graphs):
             if not SHA256_HEX.fullmatch(graph.sha256):
                 raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
         sensitivity = self.channel_sensitivity
@@ -153,6 +195,28 @@ class Manifest:
                 len(sensitivity) != self.latent_channels
                 or not all(type(s) in (int, float) and 0 < s < math.inf for s in sensitivity)):
             raise ValueError("channel_sensitivity needs one positive number per latent channel")
+
+    @staticmethod
+    def _check_segmented(role: str, segmented: Segmented) -> None:
+        if role not in ("encoder", "decoder") or not segmented.segments:
+            raise ValueError("segmented: only an encoder and a decoder, of at least one segment")
+        for segment in segmented.segments:
+            graph = segment.graph
+            if (not all(isinstance(value, str) for value in (graph.file, graph.sha256))
+                    or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n)
+                               for n in (graph.input, graph.output))):
+                raise ValueError(f"{role} segments: file and sha256 must be strings, input and output lists of names")
+            if segment.normalised is not None and (
+                    not isinstance(segment.normalised, str) or type(segment.groups) is not int or segment.groups < 1
+                    or type(segment.epsilon) not in (int, float) or not 0 < segment.epsilon < 1):
+                raise ValueError(f"{role} segments: a norm needs a tensor name, whole groups and an epsilon in (0, 1)")
+            if segment.attended is not None and (not isinstance(segment.attended, str) or segment.normalised
+                                                 or len(graph.output) < 3):
+                raise ValueError(f"{role} segments: an attention needs a tensor name and q, kT and v")
+        last = segmented.segments[-1]
+        held = segmented.held_bytes_per_cell
+        if last.normalised or last.attended or type(held) not in (int, float) or not 0 < held < math.inf:
+            raise ValueError(f"{role} segments: the last is followed by nothing, and they hold a positive size")
 
     def graphs(self, precision: str) -> tuple[Graph, Graph] | None:
         """The encoder and decoder of one precision, None when the export made no such variant."""
