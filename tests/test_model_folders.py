@@ -102,8 +102,8 @@ HOSTILE_VALUES = {
     "short sha256": {"decoder__sha256": "abc"},
     "NUL in the path": {"decoder__file": "decoder\x00.onnx"},
     "unknown key": {"run_this": "rm -rf /"},
-    "segments as a list": {"segmented": []},
-    "segments of another role": {"segmented": {"decoder_vjp": {"segments": [], "held_bytes_per_cell": 1}}},
+    "segments as text": {"decoder__segments": "decoder.segment0.onnx"},
+    "no segments": {"decoder__segments": {"segments": [], "held_bytes_per_cell": 1}},
 }
 
 

@@ -15,7 +15,7 @@ from .container import SdcFile
 from .errors import SdliteError
 from .groupnorm import run_segments
 from .inference import Graph, resolve_device
-from .manifest import FP32, Manifest, load_manifest, verified_graph_bytes
+from .manifest import FP32, Manifest, Segmented, load_manifest, verified_graph_bytes
 from .models import find_model
 from .palette import PaletteModel
 from .precision import AUTO, check_precision, choose_graph
@@ -62,7 +62,7 @@ class Codec:
         self.tile = tile
         self.threads = threads
         self.max_pixels = max_pixels
-        self._graphs: dict[str, tuple[str, Graph, MemoryModel | None]] = {}
+        self._graphs: dict[str, tuple[str, Graph, MemoryModel | None, Segmented | None]] = {}
         self._segments: dict[str, list[Graph]] = {}
         self._graphs_lock = threading.Lock()
 
@@ -81,7 +81,7 @@ class Codec:
                         threads=self.threads, max_pixels=self.max_pixels)
         return Codec(self.folder, self.manifest, **{**settings, **changes})
 
-    def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None]:
+    def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None, Segmented | None]:
         with self._graphs_lock:  # two threads' first calls must not both load the graph
             if role not in self._graphs:  # made on first use, so decoding never pays for the encoder
                 if role == "decoder_vjp":  # float32 only: lower precisions would lose the small gradients
@@ -97,7 +97,7 @@ class Codec:
                     memory = entry.memory
                 graph = Graph(verified_graph_bytes(self.folder, entry), self.device, entry.input, entry.output,
                               sha256=entry.sha256, threads=self.threads, label=f"{self.folder / entry.file}")
-                self._graphs[role] = precision, graph, MemoryModel(*memory) if memory else None
+                self._graphs[role] = precision, graph, MemoryModel(*memory) if memory else None, entry.segments
             return self._graphs[role]
 
     @property
@@ -151,12 +151,11 @@ class Codec:
         return run_tiled(graph, array, tiling, input_factor, output_factor)
 
     def statistics_fit(self, role: str, grid: tuple[int, int], tiling: Tiling) -> bool:
-        """Whether the encoder or decoder runs as segments in step over these tiles: it has group norms,
-        it runs in float32 (another precision keeps the speed it was chosen for; the segments are cut
-        from the float32 graph), and what the tiles hold between segments fits in the budget beside
-        one run and the picture."""
-        segmented = self.manifest.segmented.get(role)
-        if segmented is None or self.precision_of(role) != FP32:
+        """Whether the encoder or decoder runs as segments in step over these tiles: the graph of the
+        precision chosen was cut (the export cuts float32 graphs with group norms), and what the tiles
+        hold between segments fits in the budget beside one run and the picture."""
+        segmented = self._loaded(role)[3]
+        if segmented is None:
             return False
         rows, columns = (tile_starts(length, tiling.tile, tiling.overlap) for length in grid)
         cells = (sum(min(tiling.tile, grid[0] - top) for top in rows)
@@ -167,7 +166,7 @@ class Codec:
         return segmented.held_bytes_per_cell * cells + run + PICTURE_BYTES_PER_PIXEL * pixels <= self.max_memory
 
     def _run_segments(self, role: str, array: np.ndarray, tiling: Tiling, input_factor: int) -> list[np.ndarray]:
-        segments = self.manifest.segmented[role].segments
+        segments = self._loaded(role)[3].segments
         with self._graphs_lock:
             if role not in self._segments:
                 self._segments[role] = [Graph(verified_graph_bytes(self.folder, s.graph), self.device, s.graph.input,

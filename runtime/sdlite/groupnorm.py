@@ -1,15 +1,15 @@
-"""Tiles run through the decoder's segments in step, so that group norms and attention see the whole picture.
+"""Tiles run through a graph's segments in step, so that group norms and attention see the whole picture.
 
 A group norm normalises with the mean and variance of what it sees: a tile alone gets its own, which is
-why tiles that blend without seams still differ from the whole decode (23 dB on the random-weight SD
-decoder). The export cuts the decoder before every norm (export/segments.py); here every tile runs a
-segment, the norm's input is summed over the cells each tile owns (so each cell of the picture counts
-once, as in the whole decode), and every tile is normalised with those sums before the next segment.
-The mid-block attention is cut out the same way: each tile's queries attend to the keys and values of
-every cell of the picture (each taken from the tile that owns it), as in the whole decode; with it
-tile-local, tiles agree with the whole decode of the random-weight SD decoder to 33 dB at best.
-What the tiles hold between segments is about the size of one of the decoder's activations over the
-whole picture, so the codec takes this path only when that fits its memory budget.
+why tiles that blend without seams still differ from the whole run (23 dB on the random-weight SD
+decoder in tiles of 32 cells). The export cuts the encoder and decoder before every norm
+(export/segments.py); here every tile runs a segment, the norm's input is summed over the cells each
+tile owns (so each cell of the picture counts once, as in the whole run), and every tile is normalised
+with those sums before the next segment. The mid-block attention is cut out the same way: each tile's
+queries attend to the keys and values of every cell of the picture (each taken from the tile that owns
+it); left to the tile, it alone holds the random-weight SD decoder's tiles to 33 dB of the whole decode.
+What the tiles hold between segments is about the size of one activation over the whole picture, so
+the codec takes this path only where that fits its memory budget.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def normalised(array: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilo
     (1, groups, elements per group)."""
     grouped = array.reshape(1, mean.size, -1)
     scale = (1.0 / np.sqrt(variance + epsilon)).astype(np.float32)
-    return (grouped - mean.astype(np.float32)[:, None]) * scale[:, None]
+    # in float32 whatever the graph's type (half precision's range is what made some norms overflow)
+    return ((grouped.astype(np.float32) - mean.astype(np.float32)[:, None]) * scale[:, None]).astype(array.dtype)
 
 
 def owned_cells(array: np.ndarray, grid: tuple[int, int], box: Box, axis: int) -> np.ndarray:
@@ -104,8 +105,8 @@ def owned_cells(array: np.ndarray, grid: tuple[int, int], box: Box, axis: int) -
 
 def attention(queries: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """softmax(queries @ keys) @ values, the keys already transposed (as the export computes it)."""
-    scores = queries @ keys
+    scores = queries.astype(np.float32) @ keys.astype(np.float32)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores /= scores.sum(axis=-1, keepdims=True)
-    return scores @ values
+    return (scores @ values.astype(np.float32)).astype(queries.dtype)

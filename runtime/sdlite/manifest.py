@@ -41,6 +41,14 @@ class Graph:
     # at export; what tiling plans with. None in manifests from before it was recorded.
     memory: list[float] | None = None
     seconds: float | None = None  # per run at the export's check size, on the export machine's CPU
+    # This graph cut before each group norm and attention (see groupnorm.py); None for graphs without
+    # group norms, and in older manifests.
+    segments: Segmented | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Graph:
+        segments = data.get("segments")
+        return cls(**{**data, "segments": None if segments is None else Segmented.from_dict(segments)})
 
 
 @dataclass
@@ -59,13 +67,13 @@ class Segment:
 
     @classmethod
     def from_dict(cls, data: dict) -> Segment:
-        return cls(**{**data, "graph": Graph(**data["graph"])})
+        return cls(**{**data, "graph": Graph.from_dict(data["graph"])})
 
 
 @dataclass
 class Segmented:
-    """A float32 encoder or decoder cut before each group norm and attention, for tiles that see the
-    whole picture's statistics (see groupnorm.py)."""
+    """A graph cut before each group norm and attention, for tiles that see the whole picture (see
+    groupnorm.py)."""
 
     segments: list[Segment]
     # The most bytes of tensors held between two segments at once, per latent cell, run in one piece.
@@ -98,7 +106,7 @@ class Variant:
     def from_dict(cls, data: dict) -> Variant:
         data = dict(data)
         for graph in ("encoder", "decoder"):
-            data[graph] = Graph(**data[graph])
+            data[graph] = Graph.from_dict(data[graph])
         return cls(**data)
 
 
@@ -122,8 +130,6 @@ class Manifest:
     # How much each latent channel moves the decoded image (mean squared pixel change per unit of
     # squared latent change), measured by the export; empty when unknown, as in older manifests.
     channel_sensitivity: list = field(default_factory=list)
-    # "encoder" and "decoder" cut into segments, for those with group norms (none in older manifests).
-    segmented: dict[str, Segmented] = field(default_factory=dict)
 
     @property
     def latent_space_id(self) -> bytes:
@@ -146,12 +152,8 @@ class Manifest:
                     continue  # optional: older model folders have none
                 if not isinstance(data.get(graph), dict):
                     raise ValueError(f"{graph} is not described")
-                data[graph] = Graph(**data[graph])
+                data[graph] = Graph.from_dict(data[graph])
             data["variants"] = [Variant.from_dict(variant) for variant in data.get("variants", [])]
-            segmented = data.get("segmented", {})
-            if not isinstance(segmented, dict) or not all(isinstance(value, dict) for value in segmented.values()):
-                raise ValueError("segmented must map a role to its segments")
-            data["segmented"] = {role: Segmented.from_dict(value) for role, value in segmented.items()}
             manifest = cls(**data)
             manifest._check_values()
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
@@ -184,9 +186,10 @@ class Manifest:
             if (not all(isinstance(value, str) for value in (gradient.file, gradient.sha256))
                     or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n) for n in names)):
                 raise ValueError("decoder_vjp: file and sha256 must be strings, input and output lists of names")
-        for role, segmented in self.segmented.items():
-            self._check_segmented(role, segmented)
-        segment_graphs = [segment.graph for segmented in self.segmented.values() for segment in segmented.segments]
+        for graph in coding:
+            if graph.segments is not None:
+                self._check_segmented(graph.file, graph.segments)
+        segment_graphs = [segment.graph for graph in coding if graph.segments for segment in graph.segments.segments]
         for graph in (*coding, *([gradient] if gradient else []), *segment_graphs):
             if not SHA256_HEX.fullmatch(graph.sha256):
                 raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
@@ -198,10 +201,12 @@ class Manifest:
 
     @staticmethod
     def _check_segmented(role: str, segmented: Segmented) -> None:
-        if role not in ("encoder", "decoder") or not segmented.segments:
-            raise ValueError("segmented: only an encoder and a decoder, of at least one segment")
+        if not isinstance(segmented.segments, list) or not segmented.segments:
+            raise ValueError(f"the segments of {role} must be a list of at least one")
         for segment in segmented.segments:
             graph = segment.graph
+            if graph.segments is not None:
+                raise ValueError(f"the segments of {role} are not cut again")
             if (not all(isinstance(value, str) for value in (graph.file, graph.sha256))
                     or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n)
                                for n in (graph.input, graph.output))):
