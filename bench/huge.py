@@ -59,20 +59,38 @@ def psnr_8bit(a: Image.Image, b: Image.Image) -> float:
 
 
 def agreement(folder: Path, precision: str, tile: int) -> str:
-    """PSNR between tiled and whole runs on a picture small enough to run whole (a Kodak photo)."""
+    """PSNR between tiled and whole runs on a picture small enough to run whole (a Kodak photo), with
+    their times: the codec's tiled encode and decode (segments in step where the graph has group norms
+    and they fit), and each tile run alone (as before segments, and as the codec does where they do not
+    fit). A tiled encode is judged by its latent decoded whole."""
     import sdlite
     from sdlite import images
+    from sdlite.tiling import run_tiled
 
     whole = sdlite.Codec.load(folder, precision=precision, max_memory=1 << 50)
     tiled = sdlite.Codec.load(folder, precision=precision, tile=tile)
     pixels = images.to_array(picture(512) if not KODAK.is_file() else Image.open(KODAK).convert("RGB"), 8)
     latent = whole.run_encoder(pixels)
     reference = whole.run_decoder(latent)
-    decoder_db = psnr(tiled.run_decoder(latent), reference)
-    encoder_db = psnr(whole.run_decoder(tiled.run_encoder(pixels)), reference)
+    factor = tiled.manifest.downsampling_factor
     grid = latent.shape[2:]
-    line = (f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}, tiles "
-            f"{tiled.tiling('decoder', *grid)}: tiled decode vs whole {decoder_db:.2f} dB, "
-            f"tiled encode (whole decode) vs whole {encoder_db:.2f} dB")
+    tiling = tiled.tiling("decoder", *grid)
+    cases = {
+        "decoder": (latent, tiled.run_decoder, lambda z: run_tiled(tiled.decoder, z, tiling, 1, factor), lambda x: x),
+        "encoder": (pixels, tiled.run_encoder, lambda x: run_tiled(tiled.encoder, x, tiling, factor, 1),
+                    whole.run_decoder),
+    }
+    parts = []
+    for role, (array, codec_run, alone_run, judged) in cases.items():
+        figures = []
+        for run in (codec_run, alone_run):
+            run(array)  # the first run loads the sessions
+            started = time.perf_counter()
+            output = run(array)
+            figures.append(f"{psnr(judged(output), reference):.2f} dB in {time.perf_counter() - started:.1f} s")
+        how = "segments in step" if tiled.statistics_fit(role, grid, tiling) else "tiles alone"
+        parts.append(f"tiled {role} vs whole {figures[0]} ({how}), tiles alone {figures[1]}")
+    line = (f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}, tiles {tiling}: "
+            + "; ".join(parts))
     print(line, file=sys.stderr)
     return line

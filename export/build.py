@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 
 from sdlite.inference import Graph as Runner
-from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, file_sha256
+from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, Segmented, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
 from .calibration import load_photos
 from .memory import memory_model
 from .precision import build_variant, pictures_for, timed
+from .segments import check_segments, split
 from .sensitivity import calibration_pictures, channel_sensitivity
 from .sources import load_model
 from .verify import check_gradient_graph, check_graph, sample_image
@@ -95,6 +96,20 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             progress(step, steps, f"making the {precision} variant")
             variants.append(build_variant(precision, staging, runners["encoder"], runners["decoder"], io_names,
                                           pictures, check))
+        # The float32 graphs with group norms are cut into segments for tiles that see the whole picture;
+        # run in one piece, they must give what the graph gives. Not the variants: cut int8 graphs
+        # round differently (onnxruntime cannot fuse a quantised convolution across a cut: 4e-3 off on
+        # TAEF2), and between segments the runtime works in numpy, which would copy fp16's activations
+        # off the GPU and back.
+        check_inputs = {ENCODER_IO[0]: (check_image.numpy(), factor), DECODER_IO[0]: (check_latent.numpy(), 1)}
+        for graph in graphs.values():
+            segments = split(staging / graph.file, staging, graph.file.removesuffix(".onnx"))
+            if segments:
+                array, input_factor = check_inputs[graph.input]
+                verification.setdefault("segments", {})[graph.file], held = check_segments(
+                    segments, staging, staging / graph.file, (graph.input, graph.output), array, input_factor,
+                    tolerance)
+                graph.segments = Segmented(segments, round(held, 1))
         for graph in [*graphs.values(), *(v.encoder for v in variants), *(v.decoder for v in variants)]:
             graph.memory = memory_model(staging / graph.file, graph.input, channels if graph.input == DECODER_IO[0]
                                         else 3, 1 if graph.input == DECODER_IO[0] else factor)

@@ -102,6 +102,8 @@ HOSTILE_VALUES = {
     "short sha256": {"decoder__sha256": "abc"},
     "NUL in the path": {"decoder__file": "decoder\x00.onnx"},
     "unknown key": {"run_this": "rm -rf /"},
+    "segments as text": {"decoder__segments": "decoder.segment0.onnx"},
+    "no segments": {"decoder__segments": {"segments": [], "held_bytes_per_cell": 1}},
 }
 
 

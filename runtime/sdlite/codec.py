@@ -13,8 +13,9 @@ from . import effort as effort_levels
 from . import images, methods, quantizer, ratecontrol
 from .container import SdcFile
 from .errors import SdliteError
+from .groupnorm import run_segments
 from .inference import Graph, resolve_device
-from .manifest import FP32, Manifest, load_manifest, verified_graph_bytes
+from .manifest import FP32, Manifest, Segmented, load_manifest, verified_graph_bytes
 from .models import find_model
 from .palette import PaletteModel
 from .precision import AUTO, check_precision, choose_graph
@@ -61,7 +62,8 @@ class Codec:
         self.tile = tile
         self.threads = threads
         self.max_pixels = max_pixels
-        self._graphs: dict[str, tuple[str, Graph, MemoryModel | None]] = {}
+        self._graphs: dict[str, tuple[str, Graph, MemoryModel | None, Segmented | None]] = {}
+        self._segments: dict[str, list[Graph]] = {}
         self._graphs_lock = threading.Lock()
 
     @classmethod
@@ -79,7 +81,7 @@ class Codec:
                         threads=self.threads, max_pixels=self.max_pixels)
         return Codec(self.folder, self.manifest, **{**settings, **changes})
 
-    def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None]:
+    def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None, Segmented | None]:
         with self._graphs_lock:  # two threads' first calls must not both load the graph
             if role not in self._graphs:  # made on first use, so decoding never pays for the encoder
                 if role == "decoder_vjp":  # float32 only: lower precisions would lose the small gradients
@@ -95,7 +97,7 @@ class Codec:
                     memory = entry.memory
                 graph = Graph(verified_graph_bytes(self.folder, entry), self.device, entry.input, entry.output,
                               sha256=entry.sha256, threads=self.threads, label=f"{self.folder / entry.file}")
-                self._graphs[role] = precision, graph, MemoryModel(*memory) if memory else None
+                self._graphs[role] = precision, graph, MemoryModel(*memory) if memory else None, entry.segments
             return self._graphs[role]
 
     @property
@@ -128,14 +130,58 @@ class Codec:
     def run_encoder(self, pixels: np.ndarray) -> np.ndarray:
         """The latent (NCHW) of padded pixels (NCHW in [0, 1]), in tiles where it is large."""
         factor = self.manifest.downsampling_factor
-        tiling = self.tiling("encoder", pixels.shape[2] // factor, pixels.shape[3] // factor)
-        return self.encoder(pixels) if tiling is None else run_tiled(self.encoder, pixels, tiling, factor, 1)
+        return self._run("encoder", pixels, factor, 1)
 
     def run_decoder(self, latent: np.ndarray) -> np.ndarray:
         """The pixels (NCHW in [0, 1]) of a latent (NCHW), in tiles where it is large."""
-        tiling = self.tiling("decoder", *latent.shape[2:])
-        factor = self.manifest.downsampling_factor
-        return self.decoder(latent) if tiling is None else run_tiled(self.decoder, latent, tiling, 1, factor)
+        return self._run("decoder", latent, 1, self.manifest.downsampling_factor)
+
+    def _run(self, role: str, array: np.ndarray, input_factor: int, output_factor: int) -> np.ndarray:
+        """The encoder or decoder on `array`: whole, or in tiles that see the whole picture's statistics
+        (segments in step) where the graph has group norms and that fits, or else in tiles run alone."""
+        grid = (array.shape[2] // input_factor, array.shape[3] // input_factor)
+        tiling = self.tiling(role, *grid)
+        graph = self._loaded(role)[1]
+        if tiling is None:
+            return graph(array)
+        if self.statistics_fit(role, grid, tiling):
+            outputs = iter(self._run_segments(role, array, tiling, input_factor))
+            # run_tiled visits the tiles in the same order (rows, then columns) and blends their outputs
+            return run_tiled(lambda tile, release: next(outputs), array, tiling, input_factor, output_factor)
+        return run_tiled(graph, array, tiling, input_factor, output_factor)
+
+    def statistics_fit(self, role: str, grid: tuple[int, int], tiling: Tiling) -> bool:
+        """Whether the encoder or decoder runs as segments in step over these tiles: the graph of the
+        precision chosen was cut (the export cuts float32 graphs with group norms), and what the tiles
+        hold between segments fits in the budget beside one run and the picture."""
+        segmented = self._loaded(role)[3]
+        if segmented is None:
+            return False
+        rows, columns = (tile_starts(length, tiling.tile, tiling.overlap) for length in grid)
+        cells = (sum(min(tiling.tile, grid[0] - top) for top in rows)
+                 * sum(min(tiling.tile, grid[1] - left) for left in columns))
+        memory = self._loaded(role)[2]
+        run = memory.peak(tiling.tile**2) if memory else 0
+        pixels = grid[0] * grid[1] * self.manifest.downsampling_factor**2
+        return segmented.held_bytes_per_cell * cells + run + PICTURE_BYTES_PER_PIXEL * pixels <= self.max_memory
+
+    def _run_segments(self, role: str, array: np.ndarray, tiling: Tiling, input_factor: int) -> list[np.ndarray]:
+        segments = self._loaded(role)[3].segments
+        with self._graphs_lock:
+            if role not in self._segments:
+                self._segments[role] = [Graph(verified_graph_bytes(self.folder, s.graph), self.device, s.graph.input,
+                                              s.graph.output, sha256=s.graph.sha256, threads=self.threads,
+                                              label=f"{self.folder / s.graph.file}") for s in segments]
+        size = tiling.tile
+        rows, columns = (tile_starts(array.shape[axis] // input_factor, size, tiling.overlap) for axis in (2, 3))
+        tiles, owned = [], []
+        for i, top in enumerate(rows):
+            for j, left in enumerate(columns):
+                tiles.append(np.ascontiguousarray(array[:, :, top * input_factor:(top + size) * input_factor,
+                                                        left * input_factor:(left + size) * input_factor]))
+                (row_from, row_to), (column_from, column_to) = owned_span(rows, i, size), owned_span(columns, j, size)
+                owned.append((row_from - top, row_to - top, column_from - left, column_to - left))
+        return run_segments(segments, self._segments[role], tiles, owned, input_factor)
 
     def encode(self, image: images.ImageSource, quality: float = DEFAULT_QUALITY, method: str = methods.DEFAULT_METHOD,
                size: int | None = None, bpp: float | None = None, effort: int = 0,

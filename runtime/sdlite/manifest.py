@@ -41,6 +41,47 @@ class Graph:
     # at export; what tiling plans with. None in manifests from before it was recorded.
     memory: list[float] | None = None
     seconds: float | None = None  # per run at the export's check size, on the export machine's CPU
+    # This graph cut before each group norm and attention (see groupnorm.py); None for graphs without
+    # group norms, and in older manifests.
+    segments: Segmented | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Graph:
+        segments = data.get("segments")
+        return cls(**{**data, "segments": None if segments is None else Segmented.from_dict(segments)})
+
+
+@dataclass
+class Segment:
+    """A piece of the decoder between two group norms or attentions (see groupnorm.py): its graph, and
+    what the runtime computes after it. For a norm: the normalised tensor the next segments read, its
+    groups and epsilon, the graph's first output being the norm's input. For an attention: the tensor
+    softmax(q @ kT) @ v that the next segments read, the graph's first three outputs being q, kT and v.
+    The last segment is followed by neither."""
+
+    graph: Graph
+    normalised: str | None = None
+    groups: int | None = None
+    epsilon: float | None = None
+    attended: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Segment:
+        return cls(**{**data, "graph": Graph.from_dict(data["graph"])})
+
+
+@dataclass
+class Segmented:
+    """A graph cut before each group norm and attention, for tiles that see the whole picture (see
+    groupnorm.py)."""
+
+    segments: list[Segment]
+    # The most bytes of tensors held between two segments at once, per latent cell, run in one piece.
+    held_bytes_per_cell: float
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Segmented:
+        return cls(**{**data, "segments": [Segment.from_dict(segment) for segment in data["segments"]]})
 
 
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
@@ -65,7 +106,7 @@ class Variant:
     def from_dict(cls, data: dict) -> Variant:
         data = dict(data)
         for graph in ("encoder", "decoder"):
-            data[graph] = Graph(**data[graph])
+            data[graph] = Graph.from_dict(data[graph])
         return cls(**data)
 
 
@@ -111,7 +152,7 @@ class Manifest:
                     continue  # optional: older model folders have none
                 if not isinstance(data.get(graph), dict):
                     raise ValueError(f"{graph} is not described")
-                data[graph] = Graph(**data[graph])
+                data[graph] = Graph.from_dict(data[graph])
             data["variants"] = [Variant.from_dict(variant) for variant in data.get("variants", [])]
             manifest = cls(**data)
             manifest._check_values()
@@ -145,7 +186,11 @@ class Manifest:
             if (not all(isinstance(value, str) for value in (gradient.file, gradient.sha256))
                     or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n) for n in names)):
                 raise ValueError("decoder_vjp: file and sha256 must be strings, input and output lists of names")
-        for graph in (*coding, *([gradient] if gradient else [])):
+        for graph in coding:
+            if graph.segments is not None:
+                self._check_segmented(graph.file, graph.segments)
+        segment_graphs = [segment.graph for graph in coding if graph.segments for segment in graph.segments.segments]
+        for graph in (*coding, *([gradient] if gradient else []), *segment_graphs):
             if not SHA256_HEX.fullmatch(graph.sha256):
                 raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
         sensitivity = self.channel_sensitivity
@@ -153,6 +198,30 @@ class Manifest:
                 len(sensitivity) != self.latent_channels
                 or not all(type(s) in (int, float) and 0 < s < math.inf for s in sensitivity)):
             raise ValueError("channel_sensitivity needs one positive number per latent channel")
+
+    @staticmethod
+    def _check_segmented(role: str, segmented: Segmented) -> None:
+        if not isinstance(segmented.segments, list) or not segmented.segments:
+            raise ValueError(f"the segments of {role} must be a list of at least one")
+        for segment in segmented.segments:
+            graph = segment.graph
+            if graph.segments is not None:
+                raise ValueError(f"the segments of {role} are not cut again")
+            if (not all(isinstance(value, str) for value in (graph.file, graph.sha256))
+                    or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n)
+                               for n in (graph.input, graph.output))):
+                raise ValueError(f"{role} segments: file and sha256 must be strings, input and output lists of names")
+            if segment.normalised is not None and (
+                    not isinstance(segment.normalised, str) or type(segment.groups) is not int or segment.groups < 1
+                    or type(segment.epsilon) not in (int, float) or not 0 < segment.epsilon < 1):
+                raise ValueError(f"{role} segments: a norm needs a tensor name, whole groups and an epsilon in (0, 1)")
+            if segment.attended is not None and (not isinstance(segment.attended, str) or segment.normalised
+                                                 or len(graph.output) < 3):
+                raise ValueError(f"{role} segments: an attention needs a tensor name and q, kT and v")
+        last = segmented.segments[-1]
+        held = segmented.held_bytes_per_cell
+        if last.normalised or last.attended or type(held) not in (int, float) or not 0 < held < math.inf:
+            raise ValueError(f"{role} segments: the last is followed by nothing, and they hold a positive size")
 
     def graphs(self, precision: str) -> tuple[Graph, Graph] | None:
         """The encoder and decoder of one precision, None when the export made no such variant."""
