@@ -187,7 +187,7 @@ def test_variants_are_recorded_with_their_quality(tiny_model):
     assert variants["fp16"]["psnr_db"]["decoder"] > 50  # half precision is nearly exact here
 
 
-def test_int8_keeps_the_costliest_convolutions_in_float32_until_the_target(tiny_model, tmp_path, monkeypatch):
+def test_int8_keeps_the_cheapest_convolutions_in_float32_until_the_target(tiny_model, tmp_path, monkeypatch):
     import onnx
 
     from export import precision
@@ -201,20 +201,48 @@ def test_int8_keeps_the_costliest_convolutions_in_float32_until_the_target(tiny_
     monkeypatch.setattr(precision, "INT8_TARGET_DB", 0.0)  # met by the whole graph in int8
     assert precision.int8_graph(decoder.path, tmp_path / "all.onnx", manifest.decoder.input, latents, quality) == []
     whole = quality(onnx.load(str(tmp_path / "all.onnx")))
+    costs = precision.convolution_costs(onnx.load(str(decoder.path)), manifest.decoder.input, latents[0])
+    cheapest = sorted(costs, key=costs.get)
     monkeypatch.setattr(precision, "INT8_TARGET_DB", whole + 2.0)
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 0.0)  # none may be kept: the target is out of reach
     assert precision.int8_graph(decoder.path, tmp_path / "none.onnx", manifest.decoder.input, latents, quality) == []
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 1.0)
     kept = precision.int8_graph(decoder.path, tmp_path / "some.onnx", manifest.decoder.input, latents, quality)
     model = onnx.load(str(tmp_path / "some.onnx"))
-    convolutions = {node.name for node in model.graph.node if node.op_type == "Conv"}
-    assert kept and set(kept) < convolutions
+    assert kept and kept == cheapest[:len(kept)] and len(kept) < len(cheapest)
     assert quality(model) >= whole + 2.0 - 0.05
     producer = {output: node.op_type for node in model.graph.node for output in node.output}
     for node in model.graph.node:
         if node.op_type == "Conv":
             reads_int8 = producer.get(node.input[0]) == "DequantizeLinear"
             assert reads_int8 == (node.name not in kept)
+    # Out of reach within the share: the whole share is spent on the cheapest convolutions.
+    share = sum(costs[name][0] for name in kept[:-1]) / sum(cost for cost, _ in costs.values())
+    monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", share)
+    monkeypatch.setattr(precision, "INT8_TARGET_DB", 99.0)
+    assert precision.int8_graph(decoder.path, tmp_path / "share.onnx", manifest.decoder.input, latents,
+                                quality) == kept[:-1]
+
+
+def test_in_float32_matches_quantising_without_the_nodes(tiny_model, tmp_path):
+    import onnx
+
+    from export import precision
+
+    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
+    encoder = Graph(tiny_model / "encoder.onnx", "cpu", manifest.encoder.input, manifest.encoder.output)
+    decoder = Graph(tiny_model / "decoder.onnx", "cpu", manifest.decoder.input, manifest.decoder.output)
+    pictures, _ = precision.pictures_for(None, count=2)
+    latents = [encoder(picture) for picture in pictures]
+    quality = precision.quality_against_float32("decoder", manifest.decoder.input, decoder, pictures, latents)
+    name = manifest.decoder.input
+    precision.quantize_convolutions(decoder.path, tmp_path / "all.onnx", name, latents, excluded=[])
+    original = onnx.load(str(decoder.path))
+    convolutions = [node.name for node in original.graph.node if node.op_type == "Conv"]
+    half = convolutions[::2]
+    precision.quantize_convolutions(decoder.path, tmp_path / "half.onnx", name, latents, excluded=half)
+    estimated = quality(precision.in_float32(onnx.load(str(tmp_path / "all.onnx")), original, set(half)))
+    assert estimated == pytest.approx(quality(onnx.load(str(tmp_path / "half.onnx"))), abs=0.05)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8", "fp16"])
