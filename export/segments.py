@@ -1,4 +1,4 @@
-"""The decoder cut at its group norms, so that tiles can be normalised with image-wide statistics.
+"""An encoder or decoder cut at its group norms and attentions, so that tiles see image-wide statistics.
 
 A group norm normalises each tile with that tile's own mean and variance, where the whole decode uses
 the picture's: tiles then disagree with the whole decode (23 dB on the random-weight SD decoder in
