@@ -31,7 +31,7 @@ def test_onnx_matches_torch_on_an_odd_sized_image(tiny_model):
     from export.sources import from_autoencoder_kl
 
     loaded = from_autoencoder_kl(make_vae(TINY_CONFIG, seed=0), "test", "tiny")  # the exported tiny model's weights
-    codec = sdlite.Codec.load(tiny_model)
+    codec = sdlite.Codec.load(tiny_model, precision="fp32")
     pixels = images.to_array(photo(97, 61), 8)
     with torch.no_grad():
         latent = loaded.encoder_graph()(torch.from_numpy(pixels)).numpy()
@@ -41,7 +41,7 @@ def test_onnx_matches_torch_on_an_odd_sized_image(tiny_model):
 
 
 def test_the_encoder_is_deterministic(tiny_model):
-    codec = sdlite.Codec.load(tiny_model)
+    codec = sdlite.Codec.load(tiny_model, precision="fp32")
     pixels = images.to_array(photo(32, 32), 8)
     assert np.array_equal(codec.encoder(pixels), codec.encoder(pixels))
 

@@ -86,7 +86,7 @@ def test_a_step_that_overflows_the_latent_is_refused_without_a_numpy_warning(tin
 
 
 def test_memory_onnxruntime_cannot_get_is_one_clear_line(tiny_model, monkeypatch):
-    codec = sdlite.Codec.load(tiny_model)
+    codec = sdlite.Codec.load(tiny_model, precision="fp32")
     data = forged(codec)
 
     class FailingSession:

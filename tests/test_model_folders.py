@@ -57,7 +57,7 @@ def test_graph_paths_cannot_leave_the_model_folder(model_copy, where):
     else:
         path = "../outside.onnx" if where == "parent" else str(outside.resolve())
     edit_manifest(model_copy, decoder__file=path)
-    codec = sdlite.Codec.load(model_copy)
+    codec = sdlite.Codec.load(model_copy, precision="fp32")
     with pytest.raises(sdlite.SdliteError, match="points outside the model folder"):
         codec.decode(codec.encode(photo(8, 8)))
 
@@ -77,7 +77,7 @@ def test_a_graph_that_references_external_data_cannot_read_other_files(model_cop
     (model_copy / "decoder.onnx").write_bytes(data)
     edit_manifest(model_copy, decoder__sha256=hashlib.sha256(data).hexdigest())
     with pytest.raises(sdlite.SdliteError, match="cannot load .*decoder.onnx"):
-        sdlite.Codec.load(model_copy).decoder
+        sdlite.Codec.load(model_copy, precision="fp32").decoder
 
 
 HOSTILE_MANIFESTS = {
@@ -114,7 +114,7 @@ def test_hostile_manifests_are_refused_in_one_line(model_copy, name):
     else:
         edit_manifest(model_copy, **HOSTILE_VALUES[name])
     with pytest.raises(sdlite.SdliteError) as refused:
-        codec = sdlite.Codec.load(model_copy)
+        codec = sdlite.Codec.load(model_copy, precision="fp32")
         codec.decode(codec.encode(photo(8, 8)))
     assert "\n" not in str(refused.value) and ("manifest" in str(refused.value) or "graph path" in str(refused.value))
     listing = run(sys.executable, "-m", "sdlite.cli", "models", env={"SDLITE_MODELS_DIR": str(model_copy.parent)})
