@@ -127,6 +127,15 @@ def quantize_convolutions(source: Path, target: Path, input_name: str, calibrati
                         nodes_to_exclude=excluded)
 
 
+def before_rounding(producer: dict[str, onnx.NodeProto], name: str) -> str | None:
+    """The float32 value that the tensor `name` is rounded from, when it is DequantizeLinear(QuantizeLinear(value))."""
+    dequantize = producer.get(name)
+    if dequantize is None or dequantize.op_type != "DequantizeLinear":
+        return None
+    quantize = producer.get(dequantize.input[0])
+    return quantize.input[0] if quantize is not None and quantize.op_type == "QuantizeLinear" else None
+
+
 def in_float32(quantised: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     """The quantised graph as quantising it without the nodes `names` would make it: they read float32
     again (the activation from before its QuantizeLinear, the weights and bias from the float32 graph),
@@ -140,25 +149,20 @@ def in_float32(quantised: onnx.ModelProto, original: onnx.ModelProto, names: set
         if node.name in int8:
             continue
         for i, name in enumerate(node.input):
-            dequantize = producer.get(name)
-            if dequantize is None or dequantize.op_type != "DequantizeLinear":
-                continue
-            quantize = producer.get(dequantize.input[0])
-            if quantize is not None and quantize.op_type == "QuantizeLinear" \
-                    and getattr(producer.get(quantize.input[0]), "name", None) in names:
-                node.input[i] = quantize.input[0]
+            rounded = before_rounding(producer, name)
+            if rounded is not None and getattr(producer.get(rounded), "name", None) in names:
+                node.input[i] = rounded
     float_weights = {tensor.name: tensor for tensor in original.graph.initializer}
     present = {tensor.name for tensor in model.graph.initializer}
     for node in model.graph.node:
         if node.name not in names:
             continue
         for i, name in enumerate(node.input):
-            dequantize = producer.get(name)
-            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            if producer.get(name) is None or producer[name].op_type != "DequantizeLinear":
                 continue
-            quantize = producer.get(dequantize.input[0])
-            if quantize is not None and quantize.op_type == "QuantizeLinear":
-                node.input[i] = quantize.input[0]
+            rounded = before_rounding(producer, name)
+            if rounded is not None:
+                node.input[i] = rounded
                 continue
             weight = name.removesuffix("_DequantizeLinear_Output")  # the quantiser's naming
             if weight not in float_weights:

@@ -187,17 +187,26 @@ def test_variants_are_recorded_with_their_quality(tiny_model):
     assert variants["fp16"]["psnr_db"]["decoder"] > 50  # half precision is nearly exact here
 
 
+def decoder_quality(model: Path):
+    """The model's manifest, float32 decoder, two calibration latents and the int8 search's measure of a
+    decoder graph's quality against float32."""
+    from export import precision
+
+    manifest = sdlite.Manifest.from_json((model / "manifest.json").read_text())
+    encoder = Graph(model / "encoder.onnx", "cpu", manifest.encoder.input, manifest.encoder.output)
+    decoder = Graph(model / "decoder.onnx", "cpu", manifest.decoder.input, manifest.decoder.output)
+    pictures, _ = precision.pictures_for(None, count=2)
+    latents = [encoder(picture) for picture in pictures]
+    return manifest, decoder, latents, precision.quality_against_float32("decoder", manifest.decoder.input, decoder,
+                                                                         pictures, latents)
+
+
 def test_int8_keeps_the_cheapest_convolutions_in_float32_until_the_target(tiny_model, tmp_path, monkeypatch):
     import onnx
 
     from export import precision
 
-    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
-    encoder = Graph(tiny_model / "encoder.onnx", "cpu", manifest.encoder.input, manifest.encoder.output)
-    decoder = Graph(tiny_model / "decoder.onnx", "cpu", manifest.decoder.input, manifest.decoder.output)
-    pictures, _ = precision.pictures_for(None, count=2)
-    latents = [encoder(picture) for picture in pictures]
-    quality = precision.quality_against_float32("decoder", manifest.decoder.input, decoder, pictures, latents)
+    manifest, decoder, latents, quality = decoder_quality(tiny_model)
     monkeypatch.setattr(precision, "INT8_TARGET_DB", 0.0)  # met by the whole graph in int8
     assert precision.int8_graph(decoder.path, tmp_path / "all.onnx", manifest.decoder.input, latents, quality) == []
     whole = quality(onnx.load(str(tmp_path / "all.onnx")))
@@ -229,12 +238,7 @@ def test_in_float32_matches_quantising_without_the_nodes(tiny_model, tmp_path):
 
     from export import precision
 
-    manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
-    encoder = Graph(tiny_model / "encoder.onnx", "cpu", manifest.encoder.input, manifest.encoder.output)
-    decoder = Graph(tiny_model / "decoder.onnx", "cpu", manifest.decoder.input, manifest.decoder.output)
-    pictures, _ = precision.pictures_for(None, count=2)
-    latents = [encoder(picture) for picture in pictures]
-    quality = precision.quality_against_float32("decoder", manifest.decoder.input, decoder, pictures, latents)
+    manifest, decoder, latents, quality = decoder_quality(tiny_model)
     name = manifest.decoder.input
     precision.quantize_convolutions(decoder.path, tmp_path / "all.onnx", name, latents, excluded=[])
     original = onnx.load(str(decoder.path))
