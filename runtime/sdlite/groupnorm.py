@@ -90,8 +90,7 @@ def normalised(array: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilo
     (1, groups, elements per group)."""
     grouped = array.reshape(1, mean.size, -1)
     scale = (1.0 / np.sqrt(variance + epsilon)).astype(np.float32)
-    # in float32 whatever the graph's type (half precision's range is what made some norms overflow)
-    return ((grouped.astype(np.float32) - mean.astype(np.float32)[:, None]) * scale[:, None]).astype(array.dtype)
+    return (grouped - mean.astype(np.float32)[:, None]) * scale[:, None]
 
 
 def owned_cells(array: np.ndarray, grid: tuple[int, int], box: Box, axis: int) -> np.ndarray:
