@@ -65,7 +65,7 @@ def agreement(folder: Path, precision: str, tile: int) -> str:
     fit). A tiled encode is judged by its latent decoded whole."""
     import sdlite
     from sdlite import images
-    from sdlite.tiling import run_tiled
+    from sdlite.tiling import cut, run_tiled
 
     whole = sdlite.Codec.load(folder, precision=precision, max_memory=1 << 50)
     tiled = sdlite.Codec.load(folder, precision=precision, tile=tile)
@@ -88,7 +88,7 @@ def agreement(folder: Path, precision: str, tile: int) -> str:
             started = time.perf_counter()
             output = run(array)
             figures.append(f"{psnr(judged(output), reference):.2f} dB in {time.perf_counter() - started:.1f} s")
-        how = "segments in step" if tiled.statistics_fit(role, grid, tiling) else "tiles alone"
+        how = "segments in step" if tiled.statistics_fit(role, grid, cut(*grid, tiling)) else "tiles alone"
         parts.append(f"tiled {role} vs whole {figures[0]} ({how}), tiles alone {figures[1]}")
     line = (f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}, tiles {tiling}: "
             + "; ".join(parts))

@@ -8,7 +8,7 @@ import pytest
 import sdlite
 from sdlite import images
 from sdlite.groupnorm import attention, owned_cells, picture_moments
-from sdlite.tiling import owned_span, run_tiled, tile_starts
+from sdlite.tiling import Tiling, cut, run_tiled
 
 from pictures import photo
 
@@ -17,22 +17,13 @@ def psnr_of(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
-def overlapping_tiles(height: int, width: int, tile: int, overlap: int):
-    """(top, left, owned box relative to the tile) of the tiles the codec cuts a grid into."""
-    rows, columns = tile_starts(height, tile, overlap), tile_starts(width, tile, overlap)
-    for i, top in enumerate(rows):
-        for j, left in enumerate(columns):
-            (r0, r1), (c0, c1) = owned_span(rows, i, tile), owned_span(columns, j, tile)
-            yield top, left, (r0 - top, r1 - top, c0 - left, c1 - left)
-
-
 def test_moments_and_attention_over_owned_cells_are_the_whole_picture_s():
     rng = np.random.default_rng(0)
     height, width, tile, factor = 21, 30, 12, 2  # three tiles a side, activations at twice the grid
     activation = rng.normal(1.0, 2.0, (1, 8, height * factor, width * factor)).astype(np.float32)
     queries, keys, values = (rng.normal(size=shape).astype(np.float32) for shape in
                              ((1, 1, height * width, 4), (1, 1, 4, height * width), (1, 1, height * width, 4)))
-    parts = list(overlapping_tiles(height, width, tile, 4))
+    parts = [(t.rows.start, t.columns.start, t.owned) for t in cut(height, width, Tiling(tile, 4))]
     crops = [activation[:, :, top * factor:(top + tile) * factor, left * factor:(left + tile) * factor]
              for top, left, _ in parts]
     grids = [(tile, tile)] * len(parts)
@@ -76,7 +67,7 @@ def test_a_tiled_decode_and_encode_agree_with_the_whole_ones(codecs):
     latent = whole.run_encoder(pixels)
     reference = whole.run_decoder(latent)
     tiling = tiled.tiling("decoder", 32, 32)
-    assert tiling is not None and tiled.statistics_fit("decoder", (32, 32), tiling)
+    assert tiling is not None and tiled.statistics_fit("decoder", (32, 32), cut(32, 32, tiling))
     # Each tile alone, normalised with its own statistics, gets 19 dB (decoder) and 14 dB (encoder).
     assert psnr_of(run_tiled(tiled.decoder, latent, tiling, 1, 8), reference) < 22
     assert psnr_of(tiled.run_decoder(latent), reference) > 26
@@ -85,7 +76,7 @@ def test_a_tiled_decode_and_encode_agree_with_the_whole_ones(codecs):
 
 def test_tiles_run_alone_in_another_precision_than_float32(tiny_model):
     int8 = sdlite.Codec.load(tiny_model, precision="int8", tile=16)
-    assert not int8.statistics_fit("decoder", (32, 32), int8.tiling("decoder", 32, 32))
+    assert not int8.statistics_fit("decoder", (32, 32), cut(32, 32, int8.tiling("decoder", 32, 32)))
 
 
 def test_tiles_run_alone_where_what_segments_hold_does_not_fit(tiny_model, codecs):
@@ -93,5 +84,5 @@ def test_tiles_run_alone_where_what_segments_hold_does_not_fit(tiny_model, codec
     tiling = tiled.tiling("decoder", 32, 32)
     held = whole.manifest.decoder.segments.held_bytes_per_cell * 48 * 48  # 3 x 3 tiles of 16 cells
     small = sdlite.Codec.load(tiny_model, precision="fp32", tile=16, max_memory=int(held))
-    assert not small.statistics_fit("decoder", (32, 32), tiling)
+    assert not small.statistics_fit("decoder", (32, 32), cut(32, 32, tiling))
     assert small.decode(small.encode(photo(256, 256))).size == (256, 256)

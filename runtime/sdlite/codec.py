@@ -20,7 +20,7 @@ from .models import find_model
 from .palette import PaletteModel
 from .precision import AUTO, check_precision, choose_graph
 from .predictive import PredictiveModel
-from .tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, choose_tiling, owned_span, run_tiled, tile_starts
+from .tiling import DEFAULT_OVERLAP, MemoryModel, Tile, Tiling, blend, choose_tiling, cut, run_each
 
 DEFAULT_QUALITY = 50
 # The most pixels an image or a file's header may have (4096 x 4096), checked before anything is
@@ -144,44 +144,36 @@ class Codec:
         graph = self._loaded(role)[1]
         if tiling is None:
             return graph(array)
-        if self.statistics_fit(role, grid, tiling):
-            outputs = iter(self._run_segments(role, array, tiling, input_factor))
-            # run_tiled visits the tiles in the same order (rows, then columns) and blends their outputs
-            return run_tiled(lambda tile, release: next(outputs), array, tiling, input_factor, output_factor)
-        return run_tiled(graph, array, tiling, input_factor, output_factor)
+        tiles = cut(*grid, tiling)
+        if self.statistics_fit(role, grid, tiles):
+            outputs = self._run_segments(role, array, tiles, input_factor)
+        else:
+            outputs = run_each(graph, array, tiles, input_factor)
+        return blend(outputs, tiles, grid, output_factor)
 
-    def statistics_fit(self, role: str, grid: tuple[int, int], tiling: Tiling) -> bool:
+    def statistics_fit(self, role: str, grid: tuple[int, int], tiles: list[Tile]) -> bool:
         """Whether the encoder or decoder runs as segments in step over these tiles: the graph of the
         precision chosen was cut (the export cuts float32 graphs with group norms), and what the tiles
         hold between segments fits in the budget beside one run and the picture."""
         segmented = self._loaded(role)[3]
         if segmented is None:
             return False
-        rows, columns = (tile_starts(length, tiling.tile, tiling.overlap) for length in grid)
-        cells = (sum(min(tiling.tile, grid[0] - top) for top in rows)
-                 * sum(min(tiling.tile, grid[1] - left) for left in columns))
+        areas = [tile.rows.length * tile.columns.length for tile in tiles]
         memory = self._loaded(role)[2]
-        run = memory.peak(tiling.tile**2) if memory else 0
+        run = memory.peak(max(areas)) if memory else 0
         pixels = grid[0] * grid[1] * self.manifest.downsampling_factor**2
-        return segmented.held_bytes_per_cell * cells + run + PICTURE_BYTES_PER_PIXEL * pixels <= self.max_memory
+        return segmented.held_bytes_per_cell * sum(areas) + run + PICTURE_BYTES_PER_PIXEL * pixels <= self.max_memory
 
-    def _run_segments(self, role: str, array: np.ndarray, tiling: Tiling, input_factor: int) -> list[np.ndarray]:
+    def _run_segments(self, role: str, array: np.ndarray, tiles: list[Tile], input_factor: int) -> list[np.ndarray]:
         segments = self._loaded(role)[3].segments
         with self._graphs_lock:
             if role not in self._segments:
                 self._segments[role] = [Graph(verified_graph_bytes(self.folder, s.graph), self.device, s.graph.input,
                                               s.graph.output, sha256=s.graph.sha256, threads=self.threads,
                                               label=f"{self.folder / s.graph.file}") for s in segments]
-        size = tiling.tile
-        rows, columns = (tile_starts(array.shape[axis] // input_factor, size, tiling.overlap) for axis in (2, 3))
-        tiles, owned = [], []
-        for i, top in enumerate(rows):
-            for j, left in enumerate(columns):
-                tiles.append(np.ascontiguousarray(array[:, :, top * input_factor:(top + size) * input_factor,
-                                                        left * input_factor:(left + size) * input_factor]))
-                (row_from, row_to), (column_from, column_to) = owned_span(rows, i, size), owned_span(columns, j, size)
-                owned.append((row_from - top, row_to - top, column_from - left, column_to - left))
-        return run_segments(segments, self._segments[role], tiles, owned, input_factor)
+        return run_segments(segments, self._segments[role], [np.ascontiguousarray(tile.of(array, input_factor))
+                                                             for tile in tiles],
+                            [tile.owned for tile in tiles], input_factor)
 
     def encode(self, image: images.ImageSource, quality: float = DEFAULT_QUALITY, method: str = methods.DEFAULT_METHOD,
                size: int | None = None, bpp: float | None = None, effort: int = 0,
@@ -234,24 +226,18 @@ class Codec:
         tiling = self.tiling("decoder_vjp", *latent.shape[1:])
         if tiling is None:
             return self._refine_region(latent, pixels, quality, coder, iterations, progress)
-        factor, tile = self.manifest.downsampling_factor, tiling.tile
-        rows, columns = (tile_starts(length, tile, tiling.overlap) for length in latent.shape[1:])
-        tiles = [(i, j) for i in range(len(rows)) for j in range(len(columns))]
+        factor = self.manifest.downsampling_factor
+        tiles = cut(*latent.shape[1:], tiling)
         refined = latent.copy()
-        for number, (i, j) in enumerate(tiles):
-            top, left = rows[i], columns[j]
-
+        for number, tile in enumerate(tiles):
             def tile_progress(done: int, total: int, before: int = number * iterations) -> None:
                 if progress is not None:
                     progress(before + done, len(tiles) * iterations)
 
-            found = self._refine_region(latent[:, top:top + tile, left:left + tile],
-                                        pixels[:, :, top * factor:(top + tile) * factor,
-                                               left * factor:(left + tile) * factor],
-                                        quality, coder, iterations, tile_progress)
-            (row_from, row_to), (column_from, column_to) = owned_span(rows, i, tile), owned_span(columns, j, tile)
-            refined[:, row_from:row_to, column_from:column_to] = \
-                found[:, row_from - top:row_to - top, column_from - left:column_to - left]
+            found = self._refine_region(tile.of(latent, 1), tile.of(pixels, factor), quality, coder, iterations,
+                                        tile_progress)
+            top, bottom, left, right = tile.owned
+            tile.of(refined, 1)[:, top:bottom, left:right] = found[:, top:bottom, left:right]
         return refined
 
     def _refine_region(self, latent: np.ndarray, pixels: np.ndarray, quality: float, coder, iterations: int,

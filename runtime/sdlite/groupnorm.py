@@ -19,8 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .manifest import Segment
-
-Box = tuple[int, int, int, int]  # rows and columns (from, to) of latent cells, relative to the tile
+from .tiling import Box
 
 
 def run_segments(segments: list[Segment], runners: list, tiles: list[np.ndarray], owned: list[Box],

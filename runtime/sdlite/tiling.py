@@ -12,7 +12,7 @@ output share.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -20,6 +20,7 @@ from .errors import SdliteError
 
 DEFAULT_OVERLAP = 8  # latent cells: 64 pixels of context on each side of a seam
 MIN_TILE = 16
+Box = tuple[int, int, int, int]  # rows and columns (from, to) of latent cells, relative to a tile
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,50 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-def owned_span(starts: list[int], index: int, tile: int) -> tuple[int, int]:
-    """The cells that tile `index` of those at `starts` owns outright: from the middle of its overlap
-    with the tile before to the middle of its overlap with the tile after."""
-    begin = 0 if index == 0 else (starts[index] + starts[index - 1] + tile) // 2
-    end = starts[index] + tile if index + 1 == len(starts) else (starts[index + 1] + starts[index] + tile) // 2
-    return begin, end
+@dataclass(frozen=True)
+class Span:
+    """A tile's stretch along one side of the grid, in cells: where it starts, its length, what it
+    shares with the tiles before and after it (where it is blended), and the part it owns outright
+    (from the middle of one shared stretch to the middle of the next), relative to its start."""
+
+    start: int
+    length: int
+    shared_before: int
+    shared_after: int
+    owned: tuple[int, int]
+
+
+def spans(length: int, tiling: Tiling) -> list[Span]:
+    starts = tile_starts(length, tiling.tile, tiling.overlap)
+    ends = [min(start + tiling.tile, length) for start in starts]
+    found = []
+    for i, (start, end) in enumerate(zip(starts, ends)):
+        before = ends[i - 1] - start if i else 0
+        after = end - starts[i + 1] if i + 1 < len(starts) else 0
+        found.append(Span(start, end - start, before, after, (before // 2, end - start - (after + 1) // 2)))
+    return found
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile of the latent grid: its stretch of rows and of columns."""
+
+    rows: Span
+    columns: Span
+
+    @property
+    def owned(self) -> Box:
+        return self.rows.owned + self.columns.owned
+
+    def of(self, array: np.ndarray, factor: int) -> np.ndarray:
+        """The tile's part (a view) of an array whose last two axes have `factor` samples a cell."""
+        return array[..., self.rows.start * factor:(self.rows.start + self.rows.length) * factor,
+                     self.columns.start * factor:(self.columns.start + self.columns.length) * factor]
+
+
+def cut(grid_height: int, grid_width: int, tiling: Tiling) -> list[Tile]:
+    """The tiles of a grid of latent cells, row by row."""
+    return [Tile(rows, columns) for rows in spans(grid_height, tiling) for columns in spans(grid_width, tiling)]
 
 
 def ramp(size: int, fade_in: int, fade_out: int) -> np.ndarray:
@@ -92,51 +131,44 @@ def ramp(size: int, fade_in: int, fade_out: int) -> np.ndarray:
     return weight
 
 
-def run_tiled(run: Callable[..., np.ndarray], array: np.ndarray, tiling: Tiling,
-              input_factor: int, output_factor: int) -> np.ndarray:
-    """`run` over overlapping tiles of `array` (NCHW, sides input_factor x the latent grid's), blended
-    into one NCHW result whose sides are output_factor x the latent grid's. `run(tile, release=...)`
-    is told on the last tile that its working memory is no longer needed."""
-    grid_height, grid_width = array.shape[2] // input_factor, array.shape[3] // input_factor
-    rows = tile_starts(grid_height, tiling.tile, tiling.overlap)
-    columns = tile_starts(grid_width, tiling.tile, tiling.overlap)
+def run_each(run: Callable[..., np.ndarray], array: np.ndarray, tiles: list[Tile],
+             input_factor: int) -> Iterator[np.ndarray]:
+    """`run` on each tile of `array` alone; `run(tile, release=...)` is told on the last tile that its
+    working memory is no longer needed."""
+    for tile in tiles:
+        yield run(np.ascontiguousarray(tile.of(array, input_factor)), release=tile is tiles[-1])
+
+
+def blend(outputs: Iterable[np.ndarray], tiles: list[Tile], grid: tuple[int, int], output_factor: int) -> np.ndarray:
+    """The tiles' outputs (NCHW, one for each tile in order, output_factor x its cells a side) blended
+    into one NCHW result over the whole grid."""
     # A tile's weights are the outer product of a row ramp and a column ramp, and every row of tiles
     # shares its row ramp, so the weights summed over the image are the outer product of the summed
     # ramps: two vectors instead of an image-sized array (64 MB at 4096x4096).
-    row_ramps = [ramp_towards(rows, i, tiling, grid_height, output_factor) for i in range(len(rows))]
-    column_ramps = [ramp_towards(columns, j, tiling, grid_width, output_factor) for j in range(len(columns))]
+    row_total = np.zeros(grid[0] * output_factor, dtype=np.float32)
+    column_total = np.zeros(grid[1] * output_factor, dtype=np.float32)
     result = None
-    for i, top in enumerate(rows):
-        for j, left in enumerate(columns):
-            tile = array[:, :, top * input_factor:(top + tiling.tile) * input_factor,
-                         left * input_factor:(left + tiling.tile) * input_factor]
-            last = i + 1 == len(rows) and j + 1 == len(columns)
-            out = run(np.ascontiguousarray(tile), release=last)
-            if result is None:
-                result = np.zeros((1, out.shape[1], grid_height * output_factor, grid_width * output_factor),
-                                  dtype=np.float32)
-            window = (slice(top * output_factor, top * output_factor + out.shape[2]),
-                      slice(left * output_factor, left * output_factor + out.shape[3]))
-            out[0] *= row_ramps[i][:, None]
-            out[0] *= column_ramps[j]
-            result[(0, slice(None)) + window] += out[0]
-    result /= summed(row_ramps, rows, output_factor, result.shape[2])[:, None]
-    result /= summed(column_ramps, columns, output_factor, result.shape[3])
+    for tile, out in zip(tiles, outputs, strict=True):
+        row_weights, column_weights = (ramp(span.length * output_factor, span.shared_before * output_factor,
+                                            span.shared_after * output_factor) for span in (tile.rows, tile.columns))
+        if result is None:
+            result = np.zeros((1, out.shape[1], *(side * output_factor for side in grid)), dtype=np.float32)
+        out[0] *= row_weights[:, None]
+        out[0] *= column_weights
+        tile.of(result, output_factor)[0] += out[0]
+        if tile.columns.start == 0:  # each row of tiles' ramp counted once
+            row_total[tile.rows.start * output_factor:][:row_weights.size] += row_weights
+        if tile.rows.start == 0:
+            column_total[tile.columns.start * output_factor:][:column_weights.size] += column_weights
+    result /= row_total[:, None]
+    result /= column_total
     return result
 
 
-def ramp_towards(starts: list[int], index: int, tiling: Tiling, length: int, factor: int) -> np.ndarray:
-    """The 1-D weights of tile `index` among tiles at `starts` on a grid of `length` cells, at `factor`
-    samples per cell: fading only towards its neighbours, over the cells shared with each one."""
-    start, end = starts[index], min(starts[index] + tiling.tile, length)
-    fade_in = (starts[index - 1] + tiling.tile - start) * factor if index else 0
-    fade_out = (end - starts[index + 1]) * factor if index + 1 < len(starts) else 0
-    return ramp((end - start) * factor, fade_in, fade_out)
-
-
-def summed(ramps: list[np.ndarray], starts: list[int], factor: int, size: int) -> np.ndarray:
-    """The ramps added up at their tiles' places along a side of `size` samples."""
-    total = np.zeros(size, dtype=np.float32)
-    for start, weights in zip(starts, ramps):
-        total[start * factor:start * factor + weights.size] += weights
-    return total
+def run_tiled(run: Callable[..., np.ndarray], array: np.ndarray, tiling: Tiling,
+              input_factor: int, output_factor: int) -> np.ndarray:
+    """`run` over overlapping tiles of `array` (NCHW, sides input_factor x the latent grid's), blended
+    into one NCHW result whose sides are output_factor x the latent grid's."""
+    grid = (array.shape[2] // input_factor, array.shape[3] // input_factor)
+    tiles = cut(*grid, tiling)
+    return blend(run_each(run, array, tiles, input_factor), tiles, grid, output_factor)
