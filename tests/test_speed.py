@@ -201,7 +201,8 @@ def decoder_quality(model: Path):
                                                                          pictures, latents)
 
 
-def test_int8_keeps_the_cheapest_convolutions_in_float32_until_the_target(tiny_model, tmp_path, monkeypatch):
+def test_int8_keeps_the_convolutions_costing_most_quality_per_multiply_add_in_float32_until_the_target(
+        tiny_model, tmp_path, monkeypatch):
     import onnx
 
     from export import precision
@@ -210,23 +211,29 @@ def test_int8_keeps_the_cheapest_convolutions_in_float32_until_the_target(tiny_m
     monkeypatch.setattr(precision, "INT8_TARGET_DB", 0.0)  # met by the whole graph in int8
     assert precision.int8_graph(decoder.path, tmp_path / "all.onnx", manifest.decoder.input, latents, quality) == []
     whole = quality(onnx.load(str(tmp_path / "all.onnx")))
-    costs = precision.convolution_costs(onnx.load(str(decoder.path)), manifest.decoder.input, latents[0])
-    cheapest = sorted(costs, key=costs.get)
+    original = onnx.load(str(decoder.path))
+    costs = precision.convolution_costs(original, manifest.decoder.input, latents[0])
     monkeypatch.setattr(precision, "INT8_TARGET_DB", whole + 2.0)
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 0.0)  # none may be kept: the target is out of reach
     assert precision.int8_graph(decoder.path, tmp_path / "none.onnx", manifest.decoder.input, latents, quality) == []
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", 1.0)
     kept = precision.int8_graph(decoder.path, tmp_path / "some.onnx", manifest.decoder.input, latents, quality)
     model = onnx.load(str(tmp_path / "some.onnx"))
-    assert kept and kept == cheapest[:len(kept)] and len(kept) < len(cheapest)
+    assert kept and len(kept) < len(costs)
     assert quality(model) >= whole + 2.0 - 0.05
+    # each kept convolution, taken alone out of int8, wins more quality per multiply-add than any other
+    quantised = onnx.load(str(tmp_path / "all.onnx"))
+    error = precision.squared_error(whole)
+    gain = {name: (error - precision.squared_error(quality(precision.in_float32(quantised, original, {name}))))
+            / cost for name, cost in costs.items()}
+    assert min(gain[name] for name in kept) >= max(gain[name] for name in costs if name not in kept)
     producer = {output: node.op_type for node in model.graph.node for output in node.output}
     for node in model.graph.node:
         if node.op_type == "Conv":
             reads_int8 = producer.get(node.input[0]) == "DequantizeLinear"
             assert reads_int8 == (node.name not in kept)
-    # Out of reach within the share: the whole share is spent on the cheapest convolutions.
-    share = sum(costs[name][0] for name in kept[:-1]) / sum(cost for cost, _ in costs.values())
+    # Out of reach within the share: the whole share is spent, in the same order.
+    share = sum(costs[name] for name in kept[:-1]) / sum(costs.values()) * (1 + 1e-9)
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", share)
     monkeypatch.setattr(precision, "INT8_TARGET_DB", 99.0)
     assert precision.int8_graph(decoder.path, tmp_path / "share.onnx", manifest.decoder.input, latents,
