@@ -226,8 +226,8 @@ def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path, kodak: b
                         rows.append(case)
                         print(row_text(case, peak), file=sys.stderr, flush=True)
     table = markdown(rows, peak) + (
-        "\n| model | optimised-graph cache | decoder ready after launch s | 512x512 decoded after launch s | "
-        "peak RSS GiB |\n|---|---|---|---|---|\n" + "\n".join(starts) + "\n")
+        "\n| model | device | optimised-graph cache | decoder ready after launch s | 512x512 decoded after launch s | "
+        "peak RSS GiB |\n|---|---|---|---|---|---|\n" + "\n".join(starts) + "\n")
     print(table)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table)
@@ -260,7 +260,7 @@ def cold_starts(folder: Path, model: str, scratch: Path, device: str) -> list[st
                 "output": str(scratch / "cold-out.npy"), "repeats": 1}
         result = in_child(spec, {"SDLITE_CACHE_DIR": str(cache)})
         if result is not None:
-            lines.append(f"| {model} | {state} | {result['ready_s']:.2f} | {result['first_done_s']:.2f} | "
+            lines.append(f"| {model} | {device} | {state} | {result['ready_s']:.2f} | {result['first_done_s']:.2f} | "
                          f"{result['peak_rss'] / 2**30:.2f} |")
             print(lines[-1], file=sys.stderr, flush=True)
     return lines

@@ -12,7 +12,10 @@ import io
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
+
+from .subpixel import fold_upsampling
 
 ENCODER_IO = ("image", "latent")
 DECODER_IO = ("latent", "image")
@@ -38,7 +41,8 @@ class DecoderGraph(torch.nn.Module):
 
 def export_graph(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...], path: Path,
                  names: tuple[str | tuple[str, ...], str | tuple[str, ...]]) -> None:
-    """Export with every input's sides dynamic; `names` gives the input and output name(s)."""
+    """Export with every input's sides dynamic; `names` gives the input and output name(s). Nearest 2x
+    upsamplings followed by a 3x3 convolution are then computed at the lower resolution (subpixel.py)."""
     examples = example if isinstance(example, tuple) else (example,)
     input_names, output_names = (list(n) if isinstance(n, tuple) else [n] for n in names)
     sides = {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
@@ -56,3 +60,6 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Te
             verbose=False,
         )
     program.save(str(path), external_data=False)
+    model = onnx.load(str(path))
+    if fold_upsampling(model):
+        onnx.save(model, str(path))

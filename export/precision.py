@@ -157,18 +157,21 @@ def before_rounding(producer: dict[str, onnx.NodeProto], name: str) -> str | Non
 def in_float32(quantised: onnx.ModelProto, original: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     """The quantised graph as quantising it without the nodes `names` would make it: they read float32
     again (the activation from before its QuantizeLinear, the weights and bias from the float32 graph),
-    and what reads their outputs, unless it is an int8 convolution, reads them before the rounding
-    (the quantisers left unread are harmless)."""
+    and what reads their outputs reads them before the rounding; but a tensor that an int8 convolution
+    reads stays rounded for every reader, as the quantiser leaves it (the four phase convolutions of an
+    upsampling share their input). The quantisers left unread are harmless."""
     model = onnx.ModelProto()
     model.CopyFrom(quantised)
     producer = {output: node for node in model.graph.node for output in node.output}
     int8 = {node.name for node in model.graph.node if node.op_type == "Conv"} - names
+    read_by_int8 = {name for node in model.graph.node if node.name in int8 for name in node.input}
     for node in model.graph.node:
         if node.name in int8:
             continue
         for i, name in enumerate(node.input):
             rounded = before_rounding(producer, name)
-            if rounded is not None and getattr(producer.get(rounded), "name", None) in names:
+            if (rounded is not None and getattr(producer.get(rounded), "name", None) in names
+                    and name not in read_by_int8):
                 node.input[i] = rounded
     float_weights = {tensor.name: tensor for tensor in original.graph.initializer}
     present = {tensor.name for tensor in model.graph.initializer}
@@ -180,7 +183,8 @@ def in_float32(quantised: onnx.ModelProto, original: onnx.ModelProto, names: set
                 continue
             rounded = before_rounding(producer, name)
             if rounded is not None:
-                node.input[i] = rounded
+                if name not in read_by_int8:
+                    node.input[i] = rounded
                 continue
             weight = name.removesuffix("_DequantizeLinear_Output")  # the quantiser's naming
             if weight not in float_weights:
