@@ -78,10 +78,11 @@ def fold_upsampling(model: onnx.ModelProto) -> int:
     # nodes are known by their first output, which names them uniquely where node names may be empty
     replaced: dict[str, list[onnx.NodeProto]] = {}  # a convolution -> the nodes in its place
     removed = set()  # the upsamplings
+    graph_outputs = {output.name for output in graph.output}
     for node in graph.node:
         following = readers.get(node.output[0], [])
         if (is_nearest_doubling(node, constants) and len(following) == 1 and is_plain_3x3(following[0], constants)
-                and node.output[0] not in {output.name for output in graph.output}):
+                and node.output[0] not in graph_outputs):
             convolution = following[0]
             nodes, weights = phase_nodes(convolution, node.input[0], constants)
             replaced[convolution.output[0]] = nodes
