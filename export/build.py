@@ -96,19 +96,20 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             progress(step, steps, f"making the {precision} variant")
             variants.append(build_variant(precision, staging, runners["encoder"], runners["decoder"], io_names,
                                           pictures, check))
-        # The float32 graphs with group norms are cut into segments for tiles that see the whole picture;
-        # run in one piece, they must give what the graph gives. Not the variants: cut int8 graphs
-        # round differently (onnxruntime cannot fuse a quantised convolution across a cut: 4e-3 off on
-        # TAEF2), and between segments the runtime works in numpy, which would copy fp16's activations
-        # off the GPU and back.
+        # Graphs with group norms are cut into segments for tiles that see the whole picture; run in
+        # one piece, a float32 graph's segments must give what it gives, a variant's must stay as close
+        # to float32 as the variant is (see check_segments).
         check_inputs = {ENCODER_IO[0]: (check_image.numpy(), factor), DECODER_IO[0]: (check_latent.numpy(), 1)}
-        for graph in graphs.values():
+        float32_outputs = {graph.input: runners[role](check_inputs[graph.input][0]) for role, graph in graphs.items()}
+        references = [*((graph, None) for graph in graphs.values()),
+                      *((graph, float32_outputs[graph.input]) for v in variants for graph in (v.encoder, v.decoder))]
+        for graph, float32 in references:
             segments = split(staging / graph.file, staging, graph.file.removesuffix(".onnx"))
             if segments:
                 array, input_factor = check_inputs[graph.input]
                 verification.setdefault("segments", {})[graph.file], held = check_segments(
                     segments, staging, staging / graph.file, (graph.input, graph.output), array, input_factor,
-                    tolerance)
+                    tolerance, float32)
                 graph.segments = Segmented(segments, round(held, 1))
         for graph in [*graphs.values(), *(v.encoder for v in variants), *(v.decoder for v in variants)]:
             graph.memory = memory_model(staging / graph.file, graph.input, channels if graph.input == DECODER_IO[0]

@@ -46,12 +46,17 @@ def test_moments_and_attention_over_owned_cells_are_the_whole_picture_s():
 
 def test_the_export_cuts_graphs_with_group_norms_into_segments_that_match_them(tiny_model):
     manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
-    assert all(g.segments is None for v in manifest.variants for g in (v.encoder, v.decoder))  # float32 only
-    for graph in (manifest.encoder, manifest.decoder):
+    assert {v.precision for v in manifest.variants} == {"int8", "fp16"}
+    for graph in (manifest.encoder, manifest.decoder, *(g for v in manifest.variants for g in (v.encoder, v.decoder))):
         segments = graph.segments.segments
         assert any(s.attended for s in segments) and sum(bool(s.normalised) for s in segments) > 5
         record = manifest.verification["segments"][graph.file]  # run in one piece
-        assert record["max_abs_diff"] <= record["bound"] <= 1e-3 * 10
+        assert record["bound"] <= 1e-3 * 10
+        if graph in (manifest.encoder, manifest.decoder):
+            assert record["max_abs_diff"] <= record["bound"]
+        else:  # rounded graphs: as close to float32 as the whole variant, within 3 dB or the bound
+            error = record["float32_mse"]
+            assert 0 < error["segments"] <= max(2 * error["whole"], record["bound"] ** 2)
         assert graph.segments.held_bytes_per_cell > 0
 
 
@@ -74,9 +79,17 @@ def test_a_tiled_decode_and_encode_agree_with_the_whole_ones(codecs):
     assert psnr_of(whole.run_decoder(tiled.run_encoder(pixels)), reference) > 20
 
 
-def test_tiles_run_alone_in_another_precision_than_float32(tiny_model):
-    int8 = sdlite.Codec.load(tiny_model, precision="int8", tile=16)
-    assert not int8.statistics_fit("decoder", (32, 32), cut(32, 32, int8.tiling("decoder", 32, 32)))
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_tiles_of_a_lower_precision_run_in_step_too(tiny_model, precision):
+    whole = sdlite.Codec.load(tiny_model, precision=precision, max_memory=1 << 50)
+    tiled = sdlite.Codec.load(tiny_model, precision=precision, tile=16)
+    latent = whole.run_encoder(images.to_array(photo(256, 256), 8))
+    reference = whole.run_decoder(latent)
+    tiling = tiled.tiling("decoder", 32, 32)
+    assert tiled.statistics_fit("decoder", (32, 32), cut(32, 32, tiling))
+    # measured: 19 dB alone, 27-28 dB in step (float32's figures: int8's own rounding costs nothing here)
+    assert psnr_of(run_tiled(tiled.decoder, latent, tiling, 1, 8), reference) < 22
+    assert psnr_of(tiled.run_decoder(latent), reference) > 26
 
 
 def test_tiles_run_alone_where_what_segments_hold_does_not_fit(tiny_model, codecs):

@@ -221,23 +221,29 @@ def test_int8_keeps_the_convolutions_costing_most_quality_per_multiply_add_in_fl
     model = onnx.load(str(tmp_path / "some.onnx"))
     assert kept and len(kept) < len(costs)
     assert quality(model) >= whole + 2.0 - 0.05
-    # each kept convolution, taken alone out of int8, wins more quality per multiply-add than any other
+    # each kept unit (the convolutions reading one tensor), taken alone out of int8, wins more quality
+    # per multiply-add than any other
     quantised = onnx.load(str(tmp_path / "all.onnx"))
     error = precision.squared_error(whole)
-    gain = {name: (error - precision.squared_error(quality(precision.in_float32(quantised, original, {name}))))
-            / cost for name, cost in costs.items()}
-    assert min(gain[name] for name in kept) >= max(gain[name] for name in costs if name not in kept)
+    units = [tuple(unit) for unit in precision.sharing_input(original)]
+    assert any(len(unit) == 4 for unit in units)  # an upsampling's phase convolutions
+    gain = {unit: (error - precision.squared_error(quality(precision.in_float32(quantised, original, set(unit)))))
+            / sum(costs[name] for name in unit) for unit in units}
+    kept_units = [unit for unit in units if set(unit) <= set(kept)]
+    assert {name for unit in kept_units for name in unit} == set(kept)
+    assert min(gain[unit] for unit in kept_units) >= max(gain[unit] for unit in units if unit not in kept_units)
     producer = {output: node.op_type for node in model.graph.node for output in node.output}
     for node in model.graph.node:
         if node.op_type == "Conv":
             reads_int8 = producer.get(node.input[0]) == "DequantizeLinear"
             assert reads_int8 == (node.name not in kept)
     # Out of reach within the share: the whole share is spent, in the same order.
-    share = sum(costs[name] for name in kept[:-1]) / sum(costs.values()) * (1 + 1e-9)
+    last = len(next(unit for unit in units if kept[-1] in unit))
+    share = sum(costs[name] for name in kept[:-last]) / sum(costs.values()) * (1 + 1e-9)
     monkeypatch.setattr(precision, "INT8_FLOAT32_SHARE", share)
     monkeypatch.setattr(precision, "INT8_TARGET_DB", 99.0)
     assert precision.int8_graph(decoder.path, tmp_path / "share.onnx", manifest.decoder.input, latents,
-                                quality) == kept[:-1]
+                                quality) == kept[:-last]
 
 
 def test_in_float32_matches_quantising_without_the_nodes(tiny_model, tmp_path):

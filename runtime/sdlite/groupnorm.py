@@ -86,10 +86,10 @@ def picture_moments(inputs: list[np.ndarray], grids: list[tuple[int, int]], owne
 
 def normalised(array: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilon: float) -> np.ndarray:
     """What the export's Reshape and InstanceNormalization give for `array`, with the picture's statistics:
-    (1, groups, elements per group)."""
-    grouped = array.reshape(1, mean.size, -1)
+    (1, groups, elements per group), in `array`'s precision."""
+    grouped = array.reshape(1, mean.size, -1).astype(np.float32, copy=False)
     scale = (1.0 / np.sqrt(variance + epsilon)).astype(np.float32)
-    return (grouped - mean.astype(np.float32)[:, None]) * scale[:, None]
+    return ((grouped - mean.astype(np.float32)[:, None]) * scale[:, None]).astype(array.dtype, copy=False)
 
 
 def owned_cells(array: np.ndarray, grid: tuple[int, int], box: Box, axis: int) -> np.ndarray:
