@@ -84,7 +84,8 @@ def int8_graph(source: Path, target: Path, input_name: str, calibration: list[np
     low, high = 0, len(order)
     while low < high:
         middle = (low + high) // 2
-        if quality(in_float32(quantised, original, {name for unit in order[:middle] for name in unit})) >= INT8_TARGET_DB:
+        taken = {name for unit in order[:middle] for name in unit}
+        if quality(in_float32(quantised, original, taken)) >= INT8_TARGET_DB:
             high = middle
         else:
             low = middle + 1
@@ -99,7 +100,7 @@ def squared_error(db: float) -> float:
     return 10 ** (-db / 10)
 
 
-def sharing_input(model: onnx.ModelProto) -> list[list[str]]:
+def sharing_input(model: onnx.ModelProto) -> list[tuple[str, ...]]:
     """The convolutions grouped by the tensor they read: the quantiser rounds a tensor once for all its
     readers, so a convolution reads it unrounded only when every convolution reading it is in float32
     (the four phase convolutions of an upsampling, see subpixel.py, are worth little one at a time)."""
@@ -107,11 +108,11 @@ def sharing_input(model: onnx.ModelProto) -> list[list[str]]:
     for node in model.graph.node:
         if node.op_type == "Conv":
             groups.setdefault(node.input[0], []).append(node.name)
-    return list(groups.values())
+    return [tuple(group) for group in groups.values()]
 
 
 def float32_order(quantised: onnx.ModelProto, original: onnx.ModelProto, costs: dict[str, float],
-                  quality: Quality) -> list[list[str]]:
+                  quality: Quality) -> list[tuple[str, ...]]:
     """Units of convolutions (those `sharing_input`) that go back to float32, in order, within
     INT8_FLOAT32_SHARE of the arithmetic: those whose rounding costs the most quality per multiply-add
     first. Each unit's rounding adds its own part of the squared error (on the random-weight SD decoder
@@ -120,12 +121,12 @@ def float32_order(quantised: onnx.ModelProto, original: onnx.ModelProto, costs: 
     a third of the arithmetic in float32: 34.9 dB in this order, 34.4 dB taking the cheapest first)."""
     error = squared_error(quality(quantised))
     units = sharing_input(original)
-    cost = {tuple(unit): sum(costs[name] for name in unit) for unit in units}
-    removed = {tuple(unit): error - squared_error(quality(in_float32(quantised, original, set(unit)))) for unit in units}
+    cost = {unit: sum(costs[name] for name in unit) for unit in units}
+    removed = {unit: error - squared_error(quality(in_float32(quantised, original, set(unit)))) for unit in units}
     budget, spent, order = INT8_FLOAT32_SHARE * sum(costs.values()), 0.0, []
     for unit in sorted(cost, key=lambda unit: removed[unit] / cost[unit], reverse=True):
         if spent + cost[unit] <= budget:
-            order.append(list(unit))
+            order.append(unit)
             spent += cost[unit]
     return order
 

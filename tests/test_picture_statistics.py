@@ -58,6 +58,10 @@ def test_the_export_cuts_graphs_with_group_norms_into_segments_that_match_them(t
             error = record["float32_mse"]
             assert 0 < error["segments"] <= max(2 * error["whole"], record["bound"] ** 2)
         assert graph.segments.held_bytes_per_cell > 0
+    # what a tile holds between segments is activations: an int8 graph's weights stay in their segments
+    for variant in manifest.variants:
+        for graph, float32 in ((variant.encoder, manifest.encoder), (variant.decoder, manifest.decoder)):
+            assert graph.segments.held_bytes_per_cell <= float32.segments.held_bytes_per_cell
 
 
 @pytest.fixture(scope="module")

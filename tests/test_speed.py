@@ -225,7 +225,7 @@ def test_int8_keeps_the_convolutions_costing_most_quality_per_multiply_add_in_fl
     # per multiply-add than any other
     quantised = onnx.load(str(tmp_path / "all.onnx"))
     error = precision.squared_error(whole)
-    units = [tuple(unit) for unit in precision.sharing_input(original)]
+    units = precision.sharing_input(original)
     assert any(len(unit) == 4 for unit in units)  # an upsampling's phase convolutions
     gain = {unit: (error - precision.squared_error(quality(precision.in_float32(quantised, original, set(unit)))))
             / sum(costs[name] for name in unit) for unit in units}
