@@ -153,7 +153,7 @@ class Codec:
 
     def statistics_fit(self, role: str, grid: tuple[int, int], tiles: list[Tile]) -> bool:
         """Whether the encoder or decoder runs as segments in step over these tiles: the graph of the
-        precision chosen was cut (the export cuts float32 graphs with group norms), and what the tiles
+        precision chosen was cut (the export cuts every graph with group norms), and what the tiles
         hold between segments fits in the budget beside one run and the picture."""
         segmented = self._loaded(role)[3]
         if segmented is None:
