@@ -104,16 +104,14 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         references = [*((graph, None) for graph in graphs.values()),
                       *((graph, float32_outputs[graph.input]) for v in variants for graph in (v.encoder, v.decoder))]
         for graph, float32 in references:
+            array, input_factor = check_inputs[graph.input]
             segments = split(staging / graph.file, staging, graph.file.removesuffix(".onnx"))
             if segments:
-                array, input_factor = check_inputs[graph.input]
                 verification.setdefault("segments", {})[graph.file], held = check_segments(
                     segments, staging, staging / graph.file, (graph.input, graph.output), array, input_factor,
                     tolerance, float32)
                 graph.segments = Segmented(segments, round(held, 1))
-        for graph in [*graphs.values(), *(v.encoder for v in variants), *(v.decoder for v in variants)]:
-            graph.memory = memory_model(staging / graph.file, graph.input, channels if graph.input == DECODER_IO[0]
-                                        else 3, 1 if graph.input == DECODER_IO[0] else factor)
+            graph.memory = memory_model(staging / graph.file, graph.input, array.shape[1], input_factor)
 
         progress(steps, steps, f"writing {folder}")
         manifest = Manifest(
