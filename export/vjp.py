@@ -5,17 +5,20 @@ the gradient of the distortion with respect to the latent, computed by onnxrunti
 torch's ONNX exporter cannot translate autograd's backward operators (`aten.convolution_backward` has no
 ONNX translation, and `torch.func.grad` does not survive `torch.export`), so the backward pass is first
 traced with make_fx into forward-style operators: the input gradient of a convolution is itself a
-(transposed) convolution, and torch's own decompositions cover the rest (GroupNorm, SiLU, tanh, ReLU,
-softmax). Attention is traced through its math form, whose backward is plain matrix products.
+(transposed) convolution, a nearest upsampling's is a sum over blocks, and torch's own decompositions
+cover the rest (GroupNorm, SiLU, tanh, ReLU, softmax). Attention is traced through its math form, whose
+backward is plain matrix products.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch._decomp import get_decompositions
 from torch.fx.experimental import _config as fx_config
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.overrides import TorchFunctionMode
 
 from .graphs import export_graph
 
@@ -56,6 +59,36 @@ def convolution_input_gradient(grad_output, input, weight, bias_sizes, stride, p
     return grad_input, None, None
 
 
+class BlockUpsampling(TorchFunctionMode):
+    """Nearest upsampling by a whole factor written as a broadcast, whose gradient is a sum over each block.
+
+    torch lowers it to an index gather above autograd, so its gradient becomes a scatter with
+    accumulation (ONNX ScatterND, reduction add), and onnxruntime's CPU kernel adds on several
+    threads without atomics: on a many-core machine additions are lost and the gradient is off by percents.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.interpolate:
+            factors = whole_nearest_factors(*args, **kwargs)
+            if factors is not None:
+                image = args[0] if args else kwargs["input"]
+                batch, channels, height, width = image.shape
+                blocks = image.unsqueeze(3).unsqueeze(5).expand(batch, channels, height, factors[0], width, factors[1])
+                return blocks.reshape(batch, channels, height * factors[0], width * factors[1])
+        return func(*args, **kwargs)
+
+
+def whole_nearest_factors(input, size=None, scale_factor=None, mode="nearest", *rest, **options):
+    """(vertical, horizontal) factors of a 2-D nearest upsampling by whole numbers, else None."""
+    if mode != "nearest" or input.dim() != 4 or size is not None or scale_factor is None:
+        return None
+    factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+    if not all(float(factor).is_integer() and factor >= 1 for factor in factors):
+        return None
+    return int(factors[0]), int(factors[1])
+
+
 class DistortionGradient(torch.nn.Module):
     """The decoded image and the gradient of its mean squared error to `target` with respect to the latent."""
 
@@ -77,7 +110,7 @@ def traced(decoder_graph: torch.nn.Module, latent: torch.Tensor, target: torch.T
     decoder_graph.requires_grad_(False)  # the weights are constants: only the latent's gradient is wanted
     table = {**BACKWARD_DECOMPOSITIONS, aten.convolution_backward.default: convolution_input_gradient}
     # Without duck shapes, a side that happens to equal the channel count is not frozen along with it.
-    with sdpa_kernel(SDPBackend.MATH), fx_config.patch(use_duck_shape=False):
+    with sdpa_kernel(SDPBackend.MATH), fx_config.patch(use_duck_shape=False), BlockUpsampling():
         return make_fx(DistortionGradient(decoder_graph), decomposition_table=table, tracing_mode="symbolic",
                        _allow_non_fake_inputs=True)(latent, target)
 
