@@ -62,32 +62,41 @@ def agreement(folder: Path, precision: str, tile: int) -> str:
     """PSNR between tiled and whole runs on a picture small enough to run whole (a Kodak photo), with
     their times: the codec's tiled encode and decode (segments in step where the graph has group norms
     and they fit), and each tile run alone (as before segments, and as the codec does where they do not
-    fit). A tiled encode is judged by its latent decoded whole."""
+    fit). A tiled encode is judged by its latent decoded whole. For a variant, the codec's tiled run and
+    the whole variant run are also held against the whole float32 run: rounded graphs are chaotic (a
+    last-bit change flips a rounding, whose step flips more), so tiles and whole differ in which roundings
+    they make, and what matters is how far each is from float32."""
     import sdlite
     from sdlite import images
     from sdlite.tiling import cut, run_tiled
 
     whole = sdlite.Codec.load(folder, precision=precision, max_memory=1 << 50)
     tiled = sdlite.Codec.load(folder, precision=precision, tile=tile)
+    float32 = sdlite.Codec.load(folder, precision="fp32", max_memory=1 << 50)
     pixels = images.to_array(picture(512) if not KODAK.is_file() else Image.open(KODAK).convert("RGB"), 8)
     latent = whole.run_encoder(pixels)
     reference = whole.run_decoder(latent)
     factor = tiled.manifest.downsampling_factor
     grid = latent.shape[2:]
     tiling = tiled.tiling("decoder", *grid)
-    cases = {
-        "decoder": (latent, tiled.run_decoder, lambda z: run_tiled(tiled.decoder, z, tiling, 1, factor), lambda x: x),
+    cases = {  # role: input, codec's tiled run, tiles alone, judged as, the whole float32 run judged so
+        "decoder": (latent, tiled.run_decoder, lambda z: run_tiled(tiled.decoder, z, tiling, 1, factor), lambda x: x,
+                    lambda: float32.run_decoder(latent)),
         "encoder": (pixels, tiled.run_encoder, lambda x: run_tiled(tiled.encoder, x, tiling, factor, 1),
-                    whole.run_decoder),
+                    whole.run_decoder, lambda: whole.run_decoder(float32.run_encoder(pixels))),
     }
     parts = []
-    for role, (array, codec_run, alone_run, judged) in cases.items():
+    for role, (array, codec_run, alone_run, judged, float32_run) in cases.items():
         figures = []
         for run in (codec_run, alone_run):
             run(array)  # the first run loads the sessions
             started = time.perf_counter()
             output = run(array)
             figures.append(f"{psnr(judged(output), reference):.2f} dB in {time.perf_counter() - started:.1f} s")
+            if run is codec_run and tiled.precision_of(role) != "fp32":
+                float32_output = float32_run()
+                figures[-1] += (f" (against float32 whole: tiled {psnr(judged(output), float32_output):.2f} dB, "
+                                f"whole {psnr(reference, float32_output):.2f} dB)")
         how = "segments in step" if tiled.statistics_fit(role, grid, cut(*grid, tiling)) else "tiles alone"
         parts.append(f"tiled {role} vs whole {figures[0]} ({how}), tiles alone {figures[1]}")
     line = (f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}, tiles {tiling}: "

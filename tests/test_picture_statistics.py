@@ -7,8 +7,9 @@ import pytest
 
 import sdlite
 from sdlite import images
-from sdlite.groupnorm import attention, owned_cells, picture_moments
-from sdlite.tiling import Tiling, cut, run_tiled
+from sdlite.lockstep import attention, owned_cells, picture_moments
+from sdlite.codec import PICTURE_BYTES_PER_PIXEL
+from sdlite.tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, cut, lockstep_peak, run_tiled
 
 from pictures import photo
 
@@ -103,3 +104,19 @@ def test_tiles_run_alone_where_what_segments_hold_does_not_fit(tiny_model, codec
     small = sdlite.Codec.load(tiny_model, precision="fp32", tile=16, max_memory=int(held))
     assert not small.statistics_fit("decoder", (32, 32), cut(32, 32, tiling))
     assert small.decode(small.encode(photo(256, 256))).size == (256, 256)
+
+
+def test_a_picture_too_large_to_run_whole_is_cut_into_tiles_that_run_in_step(tiny_model, codecs):
+    whole, _ = codecs
+    memory = MemoryModel(*whole.manifest.decoder.memory)
+    in_step = lockstep_peak(cut(64, 64, Tiling(32, DEFAULT_OVERLAP)), memory,
+                            whole.manifest.decoder.segments.held_bytes_per_cell)
+    assert in_step < memory.peak(64 * 64)  # the whole run does not fit
+    codec = sdlite.Codec.load(tiny_model, precision="fp32",
+                              max_memory=int(in_step + PICTURE_BYTES_PER_PIXEL * 512 * 512))
+    tiling = codec.tiling("decoder", 64, 64)
+    # the largest tiles alone would fit too, but then normalise with their own statistics
+    assert tiling is not None and tiling.tile >= 32 and codec.statistics_fit("decoder", (64, 64), cut(64, 64, tiling))
+    latent = whole.run_encoder(images.to_array(photo(512, 512), 8))
+    reference = whole.run_decoder(latent)
+    assert psnr_of(codec.run_decoder(latent), reference) > 26

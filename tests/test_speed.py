@@ -16,7 +16,7 @@ from sdlite import images
 from sdlite.codec import PICTURE_BYTES_PER_PIXEL
 from sdlite.inference import CUDA, Graph, cached_graph_path
 from sdlite.precision import ACCEPTABLE_PSNR_DB
-from sdlite.tiling import MemoryModel, Tiling, choose_tiling, run_tiled, tile_starts
+from sdlite.tiling import MemoryModel, Tiling, choose_tiling, cut, lockstep_peak, run_tiled, tile_starts
 
 from conftest import TINY_CONFIG, export_model, make_vae, run
 from pictures import photo, psnr
@@ -65,6 +65,18 @@ def test_tiling_follows_the_memory_budget():
     assert tiling is not None and memory.peak(tiling.tile**2) <= 2e9 < memory.peak((tiling.tile + 1) ** 2)
     with pytest.raises(sdlite.SdliteError, match="too little"):
         choose_tiling(512, 512, memory, budget=150e6)
+
+
+def test_tiles_that_can_run_in_step_are_made_small_enough_to():
+    memory = MemoryModel(fixed=100e6, linear=0.3e6, quadratic=12.0)
+    alone = choose_tiling(64, 96, memory, budget=2e9)
+    # two tiles of 79 cells would hold 1 GB between segments beside a 1.6 GB run
+    in_step = choose_tiling(64, 96, memory, budget=2e9, held_bytes_per_cell=0.1e6)
+    assert in_step.tile < alone.tile
+    peak = lockstep_peak(cut(64, 96, in_step), memory, 0.1e6)
+    assert peak <= 2e9 < lockstep_peak(cut(64, 96, Tiling(in_step.tile + 1, in_step.overlap)), memory, 0.1e6)
+    # where no tiles fit in step, the largest that fit alone
+    assert choose_tiling(512, 512, memory, budget=2e9, held_bytes_per_cell=0.1e6) == choose_tiling(512, 512, memory, 2e9)
 
 
 def test_blending_weights_add_up_where_three_tiles_overlap():

@@ -13,14 +13,14 @@ from . import effort as effort_levels
 from . import images, methods, quantizer, ratecontrol
 from .container import SdcFile
 from .errors import SdliteError
-from .groupnorm import run_segments
+from .lockstep import run_segments
 from .inference import Graph, resolve_device
 from .manifest import FP32, Manifest, Segmented, load_manifest, verified_graph_bytes
 from .models import find_model
 from .palette import PaletteModel
 from .precision import AUTO, check_precision, choose_graph
 from .predictive import PredictiveModel
-from .tiling import DEFAULT_OVERLAP, MemoryModel, Tile, Tiling, blend, choose_tiling, cut, run_each
+from .tiling import DEFAULT_OVERLAP, MemoryModel, Tile, Tiling, blend, choose_tiling, cut, lockstep_peak, run_each
 
 DEFAULT_QUALITY = 50
 # The most pixels an image or a file's header may have (4096 x 4096), checked before anything is
@@ -117,11 +117,16 @@ class Codec:
         if self.tile is not None:
             fits = max(latent_height, latent_width) <= self.tile
             return None if fits else Tiling(self.tile, min(DEFAULT_OVERLAP, self.tile // 4))
-        memory = self._loaded(role)[2]
+        _, _, memory, segmented = self._loaded(role)
         if memory is None:
             return None
+        return choose_tiling(latent_height, latent_width, memory, self._network_budget(latent_height, latent_width),
+                             held_bytes_per_cell=segmented.held_bytes_per_cell if segmented else None)
+
+    def _network_budget(self, latent_height: int, latent_width: int) -> float:
+        """The bytes of --max-memory left beside the picture itself."""
         pixels = latent_height * latent_width * self.manifest.downsampling_factor**2
-        return choose_tiling(latent_height, latent_width, memory, self.max_memory - PICTURE_BYTES_PER_PIXEL * pixels)
+        return self.max_memory - PICTURE_BYTES_PER_PIXEL * pixels
 
     @property
     def decoder_gradient(self) -> Graph:
@@ -155,14 +160,11 @@ class Codec:
         """Whether the encoder or decoder runs as segments in step over these tiles: the graph of the
         precision chosen was cut (the export cuts every graph with group norms), and what the tiles
         hold between segments fits in the budget beside one run and the picture."""
-        segmented = self._loaded(role)[3]
+        _, _, memory, segmented = self._loaded(role)
         if segmented is None:
             return False
-        areas = [tile.rows.length * tile.columns.length for tile in tiles]
-        memory = self._loaded(role)[2]
-        run = memory.peak(max(areas)) if memory else 0
-        pixels = grid[0] * grid[1] * self.manifest.downsampling_factor**2
-        return segmented.held_bytes_per_cell * sum(areas) + run + PICTURE_BYTES_PER_PIXEL * pixels <= self.max_memory
+        peak = lockstep_peak(tiles, memory or MemoryModel(0, 0, 0), segmented.held_bytes_per_cell)
+        return peak <= self._network_budget(*grid)
 
     def _run_segments(self, role: str, array: np.ndarray, tiles: list[Tile], input_factor: int) -> list[np.ndarray]:
         segments = self._loaded(role)[3].segments

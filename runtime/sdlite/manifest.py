@@ -41,7 +41,7 @@ class Graph:
     # at export; what tiling plans with. None in manifests from before it was recorded.
     memory: list[float] | None = None
     seconds: float | None = None  # per run at the export's check size, on the export machine's CPU
-    # This graph cut before each group norm and attention (see groupnorm.py); None for graphs without
+    # This graph cut before each group norm and attention (see lockstep.py); None for graphs without
     # group norms, and in older manifests.
     segments: Segmented | None = None
 
@@ -53,7 +53,7 @@ class Graph:
 
 @dataclass
 class Segment:
-    """A piece of the decoder between two group norms or attentions (see groupnorm.py): its graph, and
+    """A piece of the decoder between two group norms or attentions (see lockstep.py): its graph, and
     what the runtime computes after it. For a norm: the normalised tensor the next segments read, its
     groups and epsilon, the graph's first output being the norm's input. For an attention: the tensor
     softmax(q @ kT) @ v that the next segments read, the graph's first three outputs being q, kT and v.
@@ -73,7 +73,7 @@ class Segment:
 @dataclass
 class Segmented:
     """A graph cut before each group norm and attention, for tiles that see the whole picture (see
-    groupnorm.py)."""
+    lockstep.py)."""
 
     segments: list[Segment]
     # The most bytes of tensors held between two segments at once, per latent cell, run in one piece.

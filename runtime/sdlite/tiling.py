@@ -51,8 +51,11 @@ class MemoryModel:
 
 
 def choose_tiling(latent_height: int, latent_width: int, memory: MemoryModel, budget: float,
-                  overlap: int = DEFAULT_OVERLAP) -> Tiling | None:
-    """None when the whole latent fits in `budget` bytes, otherwise the largest tiles that do."""
+                  overlap: int = DEFAULT_OVERLAP, held_bytes_per_cell: float | None = None) -> Tiling | None:
+    """None when the whole latent fits in `budget` bytes. Otherwise, for a graph whose tiles can run in
+    step (`held_bytes_per_cell` given: see lockstep.py), the largest tiles whose run in step fits, where
+    some do: smaller tiles hold less beside their run, and in step they agree with the whole run; else the
+    largest tiles that fit alone."""
     if memory.peak(latent_height * latent_width) <= budget:
         return None
     side = memory.largest_side(budget)
@@ -60,7 +63,19 @@ def choose_tiling(latent_height: int, latent_width: int, memory: MemoryModel, bu
         raise SdliteError(f"--max-memory leaves {max(budget, 0) / 2**30:.2f} GiB for one network run beside the "
                           f"picture, too little for this model: "
                           f"even a {MIN_TILE}x{MIN_TILE}-cell tile needs {memory.peak(MIN_TILE**2) / 2**30:.2f} GiB")
+    if held_bytes_per_cell is not None:
+        for tile in range(side, max(MIN_TILE, 2 * overlap) - 1, -1):
+            tiling = Tiling(tile, overlap)
+            if lockstep_peak(cut(latent_height, latent_width, tiling), memory, held_bytes_per_cell) <= budget:
+                return tiling
     return Tiling(side, overlap)
+
+
+def lockstep_peak(tiles: list[Tile], memory: MemoryModel, held_bytes_per_cell: float) -> float:
+    """Peak bytes of tiles run in step: what they all hold between segments, beside a run of the largest
+    (the whole graph's peak bounds a segment's)."""
+    areas = [tile.rows.length * tile.columns.length for tile in tiles]
+    return held_bytes_per_cell * sum(areas) + memory.peak(max(areas))
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
