@@ -13,9 +13,10 @@ from . import effort as effort_levels
 from . import images, methods, quantizer, ratecontrol
 from .container import SdcFile
 from .errors import SdliteError
-from .lockstep import run_segments
 from .inference import Graph, resolve_device
+from .lockstep import run_segments
 from .manifest import FP32, Manifest, Segmented, load_manifest, verified_graph_bytes
+from .manifest import Graph as GraphEntry  # a graph as the manifest describes it, not its session
 from .models import find_model
 from .palette import PaletteModel
 from .precision import AUTO, check_precision, choose_graph
@@ -62,9 +63,10 @@ class Codec:
         self.tile = tile
         self.threads = threads
         self.max_pixels = max_pixels
-        self._graphs: dict[str, tuple[str, Graph, MemoryModel | None, Segmented | None]] = {}
+        self._choices: dict[str, tuple[str, GraphEntry, MemoryModel | None, Segmented | None]] = {}
+        self._graphs: dict[str, Graph] = {}
         self._segments: dict[str, list[Graph]] = {}
-        self._graphs_lock = threading.Lock()
+        self._lock = threading.RLock()  # _graph asks _chosen while it holds it
 
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "cpu", latent_space: bytes | None = None,
@@ -81,9 +83,10 @@ class Codec:
                         threads=self.threads, max_pixels=self.max_pixels)
         return Codec(self.folder, self.manifest, **{**settings, **changes})
 
-    def _loaded(self, role: str) -> tuple[str, Graph, MemoryModel | None, Segmented | None]:
-        with self._graphs_lock:  # two threads' first calls must not both load the graph
-            if role not in self._graphs:  # made on first use, so decoding never pays for the encoder
+    def _chosen(self, role: str) -> tuple[str, GraphEntry, MemoryModel | None, Segmented | None]:
+        """The precision and graph that run as `role`, with the graph's memory model and segments."""
+        with self._lock:
+            if role not in self._choices:
                 if role == "decoder_vjp":  # float32 only: lower precisions would lose the small gradients
                     precision, entry = FP32, self.manifest.decoder_vjp
                     if entry is None:
@@ -95,29 +98,38 @@ class Codec:
                 else:
                     precision, entry = choose_graph(self.manifest, role, self.precision, resolve_device(self.device))
                     memory = entry.memory
-                graph = Graph(verified_graph_bytes(self.folder, entry), self.device, entry.input, entry.output,
-                              sha256=entry.sha256, threads=self.threads, label=f"{self.folder / entry.file}")
-                self._graphs[role] = precision, graph, MemoryModel(*memory) if memory else None, entry.segments
+                self._choices[role] = precision, entry, MemoryModel(*memory) if memory else None, entry.segments
+            return self._choices[role]
+
+    def _graph(self, role: str) -> Graph:
+        """The session of `role`'s graph, made on first use: decoding never pays for the encoder, nor tiles
+        that run in step for the whole graph beside its segments."""
+        entry = self._chosen(role)[1]
+        with self._lock:  # two threads' first calls must not both load the graph
+            if role not in self._graphs:
+                self._graphs[role] = Graph(verified_graph_bytes(self.folder, entry), self.device, entry.input,
+                                           entry.output, sha256=entry.sha256, threads=self.threads,
+                                           label=f"{self.folder / entry.file}")
             return self._graphs[role]
 
     @property
     def encoder(self) -> Graph:
-        return self._loaded("encoder")[1]
+        return self._graph("encoder")
 
     @property
     def decoder(self) -> Graph:
-        return self._loaded("decoder")[1]
+        return self._graph("decoder")
 
     def precision_of(self, role: str) -> str:
         """The precision that runs as the encoder or decoder (auto resolved)."""
-        return self._loaded(role)[0]
+        return self._chosen(role)[0]
 
     def tiling(self, role: str, latent_height: int, latent_width: int) -> Tiling | None:
         """How the encoder or decoder cuts a latent of this size into tiles; None: in one piece."""
         if self.tile is not None:
             fits = max(latent_height, latent_width) <= self.tile
             return None if fits else Tiling(self.tile, min(DEFAULT_OVERLAP, self.tile // 4))
-        _, _, memory, segmented = self._loaded(role)
+        _, _, memory, segmented = self._chosen(role)
         if memory is None:
             return None
         return choose_tiling(latent_height, latent_width, memory, self._network_budget(latent_height, latent_width),
@@ -130,7 +142,7 @@ class Codec:
 
     @property
     def decoder_gradient(self) -> Graph:
-        return self._loaded("decoder_vjp")[1]
+        return self._graph("decoder_vjp")
 
     def run_encoder(self, pixels: np.ndarray) -> np.ndarray:
         """The latent (NCHW) of padded pixels (NCHW in [0, 1]), in tiles where it is large."""
@@ -146,33 +158,34 @@ class Codec:
         (segments in step) where the graph has group norms and that fits, or else in tiles run alone."""
         grid = (array.shape[2] // input_factor, array.shape[3] // input_factor)
         tiling = self.tiling(role, *grid)
-        graph = self._loaded(role)[1]
         if tiling is None:
-            return graph(array)
+            return self._graph(role)(array)
         tiles = cut(*grid, tiling)
         if self.statistics_fit(role, grid, tiles):
             outputs = self._run_segments(role, array, tiles, input_factor)
         else:
-            outputs = run_each(graph, array, tiles, input_factor)
+            outputs = run_each(self._graph(role), array, tiles, input_factor)
         return blend(outputs, tiles, grid, output_factor)
 
     def statistics_fit(self, role: str, grid: tuple[int, int], tiles: list[Tile]) -> bool:
         """Whether the encoder or decoder runs as segments in step over these tiles: the graph of the
         precision chosen was cut (the export cuts every graph with group norms), and what the tiles
         hold between segments fits in the budget beside one run and the picture."""
-        _, _, memory, segmented = self._loaded(role)
+        _, _, memory, segmented = self._chosen(role)
         if segmented is None:
             return False
         peak = lockstep_peak(tiles, memory or MemoryModel(0, 0, 0), segmented.held_bytes_per_cell)
         return peak <= self._network_budget(*grid)
 
     def _run_segments(self, role: str, array: np.ndarray, tiles: list[Tile], input_factor: int) -> list[np.ndarray]:
-        segments = self._loaded(role)[3].segments
-        with self._graphs_lock:
+        segments = self._chosen(role)[3].segments
+        with self._lock:
             if role not in self._segments:
+                # Without arenas: each of some thirty sessions would keep the memory of its largest run,
+                # 6.5 GiB for tiles that hold 1.4 GiB between segments (SD decoder, 768x512 in tiles of 43).
                 self._segments[role] = [Graph(verified_graph_bytes(self.folder, s.graph), self.device, s.graph.input,
                                               s.graph.output, sha256=s.graph.sha256, threads=self.threads,
-                                              label=f"{self.folder / s.graph.file}") for s in segments]
+                                              label=f"{self.folder / s.graph.file}", arena=False) for s in segments]
         return run_segments(segments, self._segments[role], [np.ascontiguousarray(tile.of(array, input_factor))
                                                              for tile in tiles],
                             [tile.owned for tile in tiles], input_factor)

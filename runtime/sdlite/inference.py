@@ -94,7 +94,9 @@ def cached_graph_path(sha256: str, providers: list[str]) -> Path:
     return cache_dir() / f"{key}.onnx"
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, arena: bool = True) -> ort.SessionOptions:
+    """`arena`: onnxruntime keeps the memory of a run for the next; without it, memory goes back as the
+    run frees it."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime's own warnings are not the user's business
     options.intra_op_num_threads = threads or available_cores()
@@ -106,6 +108,7 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     # (2.85 GiB against 1.69 for a 69-cell tile of the int8 SD decoder). Without it, runs reuse the
     # first run's chunks, at the same speed (measured 4.8 s a run either way).
     options.enable_mem_pattern = False
+    options.enable_cpu_mem_arena = arena
     return options
 
 
@@ -127,18 +130,19 @@ class Graph:
 
     def __init__(self, model: Path | bytes, device: str, input_name: str | Sequence[str],
                  output_name: str | Sequence[str], sha256: str | None = None, threads: int | None = None,
-                 label: str | None = None):
+                 label: str | None = None, arena: bool = True):
         """`model` is a file, or the graph's bytes: what was checked is then exactly what runs, and an
         ONNX external-data reference cannot make onnxruntime read files from elsewhere. With `sha256`
-        (of those bytes) the optimised graph is cached under it."""
+        (of those bytes) the optimised graph is cached under it. `arena`: see session_options."""
         providers = providers_for(device)
         self.path = None if isinstance(model, bytes) else Path(model)
         self.label = label or str(self.path or "the graph")
         self.input_names = [input_name] if isinstance(input_name, str) else list(input_name)
         self.output_names = [output_name] if isinstance(output_name, str) else list(output_name)
+        self.arena = arena
         self.session = self._cached_session(model, providers, sha256, threads) if sha256 else None
         if self.session is None:
-            self.session = self._session(model, session_options(threads), providers)
+            self.session = self._session(model, session_options(threads, arena), providers)
         self.on_cuda = self.session.get_providers()[0] == CUDA
         if device == "cuda" and not self.on_cuda:  # onnxruntime fell back to the CPU (see new_session)
             raise SdliteError("--device cuda: onnxruntime could not start CUDA (are the CUDA 12/13 and cuDNN 9 "
@@ -156,7 +160,7 @@ class Graph:
         the cache cannot be used (a read-only home, say), so the caller optimises in memory instead."""
         cached = cached_graph_path(sha256, providers)
         if cached.is_file():
-            options = session_options(threads)
+            options = session_options(threads, self.arena)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done already
             try:
                 return new_session(cached, options, providers)
@@ -169,7 +173,7 @@ class Graph:
         if not os.access(cached.parent, os.W_OK):
             return None
         staging = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        options = session_options(threads)
+        options = session_options(threads, self.arena)
         options.optimized_model_filepath = str(staging)
         try:
             session = self._session(model, options, providers)

@@ -14,12 +14,26 @@ the codec takes this path only where that fits its memory budget.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Callable
 
 import numpy as np
 
 from .manifest import Segment
 from .tiling import Box
+
+try:  # glibc's; elsewhere (macOS, Windows) freed memory is not kept back the same way
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (AttributeError, OSError, TypeError):
+    _malloc_trim = None
+
+
+def give_back_freed_memory() -> None:
+    """glibc keeps freed blocks smaller than 32 MB for reuse instead of returning them; run after run they
+    add up to a gigabyte beside what the tiles hold (SD decoder, 768x512 in tiles of 43: peak RSS 3.43 GiB,
+    2.20 GiB with this after every run, which costs 10% in time)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def run_segments(segments: list[Segment], runners: list, tiles: list[np.ndarray], owned: list[Box],
@@ -33,6 +47,7 @@ def run_segments(segments: list[Segment], runners: list, tiles: list[np.ndarray]
     for k, (segment, runner) in enumerate(zip(segments, runners)):
         for tensors in held:
             outputs = runner(*(tensors[name] for name in segment.graph.input))
+            give_back_freed_memory()
             outputs = outputs if isinstance(outputs, tuple) else (outputs,)
             for name in [name for name in tensors if last_read.get(name, -1) <= k]:
                 del tensors[name]  # no later segment reads it
@@ -40,14 +55,14 @@ def run_segments(segments: list[Segment], runners: list, tiles: list[np.ndarray]
         read = segment.graph.output[:1 if segment.normalised else 3 if segment.attended else 0]
         if segment.normalised is not None:
             mean, variance = picture_moments([t[read[0]] for t in held], grids, owned, segment.groups)
-            for tensors in held:
-                tensors[segment.normalised] = normalised(tensors[read[0]], mean, variance, segment.epsilon)
         if segment.attended is not None:
             keys = np.concatenate([owned_cells(t[read[1]], grid, box, -1) for t, grid, box in zip(held, grids, owned)], -1)
             values = np.concatenate([owned_cells(t[read[2]], grid, box, -2) for t, grid, box in zip(held, grids, owned)], -2)
-            for tensors in held:
+        for tensors in held:  # a tile at a time, so that only one tile holds a norm's input and output at once
+            if segment.normalised is not None:
+                tensors[segment.normalised] = normalised(tensors[read[0]], mean, variance, segment.epsilon)
+            if segment.attended is not None:
                 tensors[segment.attended] = attention(tensors[read[0]], keys, values)
-        for tensors in held:
             for name in read:
                 if last_read.get(name, -1) <= k:
                     tensors.pop(name, None)
