@@ -120,3 +120,6 @@ def test_a_picture_too_large_to_run_whole_is_cut_into_tiles_that_run_in_step(tin
     latent = whole.run_encoder(images.to_array(photo(512, 512), 8))
     reference = whole.run_decoder(latent)
     assert psnr_of(codec.run_decoder(latent), reference) > 26
+    # only the segments' sessions were made, and none keeps an arena (some thirty would each keep their largest run)
+    assert "decoder" not in codec._graphs
+    assert not any(graph.session.get_session_options().enable_cpu_mem_arena for graph in codec._segments["decoder"])

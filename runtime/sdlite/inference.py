@@ -193,7 +193,7 @@ class Graph:
         the memory arena gives back what it holds when the run ends (after the last tile of a large
         picture, so the next network starts from nothing)."""
         options = None
-        if release:
+        if release and self.arena:
             options = ort.RunOptions()
             options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "gpu:0" if self.on_cuda else "cpu:0")
         try:
