@@ -91,9 +91,9 @@ def picture_moments(inputs: list[np.ndarray], grids: list[tuple[int, int]], owne
         values = spatial(array, grid)
         factor = values.shape[1] // grid[0]
         part = values[:, top * factor:bottom * factor, left * factor:right * factor]
-        part = part.reshape(groups, -1).astype(np.float64)
-        total += part.sum(axis=1)
-        squares += np.square(part).sum(axis=1)
+        part = part.reshape(groups, -1)
+        total += part.sum(axis=1, dtype=np.float64)
+        squares += np.einsum("ij,ij->i", part, part, dtype=np.float64)  # no float64 copy of the tile
         count += part.shape[1]
     mean = total / count
     return mean, np.maximum(squares / count - mean * mean, 0.0)
@@ -103,8 +103,9 @@ def normalised(array: np.ndarray, mean: np.ndarray, variance: np.ndarray, epsilo
     """What the export's Reshape and InstanceNormalization give for `array`, with the picture's statistics:
     (1, groups, elements per group), in `array`'s precision."""
     grouped = array.reshape(1, mean.size, -1).astype(np.float32, copy=False)
-    scale = (1.0 / np.sqrt(variance + epsilon)).astype(np.float32)
-    return ((grouped - mean.astype(np.float32)[:, None]) * scale[:, None]).astype(array.dtype, copy=False)
+    result = grouped - mean.astype(np.float32)[:, None]
+    result *= (1.0 / np.sqrt(variance + epsilon)).astype(np.float32)[:, None]  # in place: one array made, not two
+    return result.astype(array.dtype, copy=False)
 
 
 def owned_cells(array: np.ndarray, grid: tuple[int, int], box: Box, axis: int) -> np.ndarray:
