@@ -70,23 +70,22 @@ class BlockUpsampling(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.interpolate:
-            factors = whole_nearest_factors(*args, **kwargs)
-            if factors is not None:
-                image = args[0] if args else kwargs["input"]
-                batch, channels, height, width = image.shape
-                blocks = image.unsqueeze(3).unsqueeze(5).expand(batch, channels, height, factors[0], width, factors[1])
-                return blocks.reshape(batch, channels, height * factors[0], width * factors[1])
+            blocks = as_broadcast(*args, **kwargs)
+            if blocks is not None:
+                return blocks
         return func(*args, **kwargs)
 
 
-def whole_nearest_factors(input, size=None, scale_factor=None, mode="nearest", *rest, **options):
-    """(vertical, horizontal) factors of a 2-D nearest upsampling by whole numbers, else None."""
+def as_broadcast(input, size=None, scale_factor=None, mode="nearest", *rest, **options):
+    """F.interpolate's arguments: a 2-D nearest upsampling by whole factors as a broadcast, else None."""
     if mode != "nearest" or input.dim() != 4 or size is not None or scale_factor is None:
         return None
     factors = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
     if not all(float(factor).is_integer() and factor >= 1 for factor in factors):
         return None
-    return int(factors[0]), int(factors[1])
+    (vertical, horizontal), (batch, channels, height, width) = map(int, factors), input.shape
+    blocks = input.unsqueeze(3).unsqueeze(5).expand(batch, channels, height, vertical, width, horizontal)
+    return blocks.reshape(batch, channels, height * vertical, width * horizontal)
 
 
 class DistortionGradient(torch.nn.Module):
