@@ -7,8 +7,8 @@ import pytest
 
 import sdlite
 from sdlite import images
-from sdlite.lockstep import attention, owned_cells, picture_moments
 from sdlite.codec import PICTURE_BYTES_PER_PIXEL
+from sdlite.lockstep import attention, owned_cells, picture_moments
 from sdlite.tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, cut, lockstep_peak, run_tiled
 
 from pictures import photo
