@@ -1,8 +1,9 @@
 """How much memory a graph needs for a tile of a given size, measured at export for tiling to plan with.
 
-Peak RSS is measured in fresh processes at two tile sizes, over several runs as a tiled picture makes
-them (onnxruntime's arena holds the first run's chunks when later runs take their planned block), and
-fitted with fixed + linear * cells.
+Peak RSS is measured in fresh processes at two tile sizes, one run each, and fitted with fixed + linear *
+cells. One run tells what a tiled picture's many runs take: without onnxruntime's memory pattern (see
+sdlite.inference.session_options) later runs reuse the first run's arena chunks (measured on the random
+SD decoder at 16, 32 and 56 cells and its encoder: the same peak after one run as after three).
 Attention is quadratic in the cells, and at the small sizes that can be run quickly it is lost in the
 noise, so its term is counted instead: the elements of every Softmax (the attention scores) per
 cell squared, times three copies alive at once (scores, probabilities, the product being formed).
@@ -24,13 +25,11 @@ ATTENTION_COPIES = 3
 
 _PEAK_RSS = """
 import resource, sys, numpy as np
-RUNS = 3
 from pathlib import Path
 from sdlite.inference import Graph
 path, name, channels, height, width = sys.argv[1:]
 graph = Graph(Path(path), "cpu", name, "-")
-for _ in range(RUNS):  # later runs take onnxruntime's planned block beside what the first run left in its arena
-    graph.session.run(None, {name: np.zeros((1, int(channels), int(height), int(width)), np.float32)})
+graph.session.run(None, {name: np.zeros((1, int(channels), int(height), int(width)), np.float32)})
 try:  # this process's own high-water mark: ru_maxrss would carry over the parent's across exec
     status = Path("/proc/self/status").read_text()
     print(int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) * 1024)

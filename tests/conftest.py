@@ -81,9 +81,31 @@ def sd1_model(tmp_path_factory) -> Path:
     return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none", "--no-gradient")
 
 
+def save_random_tae(folder: Path, latent_channels: int, pooled: bool, seed: int = 0) -> Path:
+    """A random tiny autoencoder in the TAESD/TAEF2 checkpoint layout: a tiny_encoder.pth/tiny_decoder.pth pair."""
+    import torch
+
+    from export import tae
+
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True)
+    torch.save(tae.Encoder(latent_channels, pooled).state_dict(), folder / "tiny_encoder.pth")
+    torch.save(tae.Decoder(latent_channels, pooled).state_dict(), folder / "tiny_decoder.pth")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tae_model(tmp_path_factory) -> Path:
+    """A random TAESD-shaped tiny autoencoder, exported from one half of its pair with the lower-precision
+    variants: convolutions only (no norms, no attention), so every output sees a bounded neighbourhood
+    and tiles can agree with the whole picture."""
+    source = save_random_tae(tmp_path_factory.mktemp("tae") / "tae", 4, pooled=False)
+    return export_model(source / "tiny_encoder.pth", tmp_path_factory.mktemp("models"), "--no-gradient")
+
+
 @pytest.fixture(scope="session")
 def taef2_model(tmp_path_factory) -> Path:
     """The real pretrained TAEF2, exported once for every test that measures real quality."""
     if not TAEF2.is_dir():
         pytest.skip(f"the pretrained TAEF2 weights are not here ({TAEF2})")
-    return export_model(TAEF2, tmp_path_factory.mktemp("models"))
+    return export_model(TAEF2, tmp_path_factory.mktemp("models"), "--precisions", "int8")  # fp16 is for CUDA

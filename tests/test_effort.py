@@ -16,41 +16,47 @@ from sdlite import effort, images, methods
 from sdlite.container import SdcFile
 from sdlite.inference import Graph
 
-from conftest import TINY_CONFIG, make_vae, run
+from conftest import run
 from pictures import photo, psnr
 from test_torch_free import BLOCK_TORCH
 
 
-def tiny_decoders():
-    from export import tae
-    from export.graphs import DecoderGraph
-    from export.sources import from_autoencoder_kl
-
-    torch.manual_seed(0)
-    yield "tae", DecoderGraph(tae.Decoder(8, pooled=True).eval(), 1.0, 0.0).eval(), 8
-    yield "sd", from_autoencoder_kl(make_vae(TINY_CONFIG, seed=0), "test", "tiny").decoder_graph(), 4
-
-
-@pytest.mark.parametrize("name, decoder, channels", list(tiny_decoders()), ids=["tae", "sd-vae"])
-def test_the_gradient_graph_matches_torch_autograd(tmp_path, name, decoder, channels):
-    from export.vjp import VJP_INPUTS, VJP_OUTPUTS, export_vjp_graph
+def assert_matches_torch_autograd(graph_path, decoder: torch.nn.Module, channels: int) -> None:
+    """The gradient graph at another size than the export's (the sides are dynamic) against torch autograd."""
+    from export.vjp import VJP_INPUTS, VJP_OUTPUTS
 
     torch.manual_seed(1)
-    export_vjp_graph(decoder, torch.randn(1, channels, 4, 4), torch.rand(1, 3, 32, 32), tmp_path / "vjp.onnx")
-    # another size than the export's: the sides are dynamic
     latent, target = torch.randn(1, channels, 5, 7), torch.rand(1, 3, 40, 56)
     latent_leaf = latent.clone().requires_grad_()
     expected_image = decoder(latent_leaf)
     torch.mean((expected_image - target) ** 2).backward()
-    image, gradient = Graph(tmp_path / "vjp.onnx", "cpu", VJP_INPUTS, VJP_OUTPUTS)(latent.numpy(), target.numpy())
+    image, gradient = Graph(graph_path, "cpu", VJP_INPUTS, VJP_OUTPUTS)(latent.numpy(), target.numpy())
     assert np.abs(image - expected_image.detach().numpy()).max() < 1e-5
     expected = latent_leaf.grad.numpy()
     assert np.abs(expected).max() > 0
     assert np.abs(gradient - expected).max() < 1e-4 * np.abs(expected).max()
     # onnxruntime's CPU scatters add on several threads without atomics (a many-core machine loses
     # additions), so the upsampling's gradient must be a block sum
-    operators = {node.op_type for node in onnx.load(tmp_path / "vjp.onnx").graph.node}
+    operators = {node.op_type for node in onnx.load(graph_path).graph.node}
     assert not operators & {"ScatterND", "ScatterElements"}
+
+
+def test_a_tiny_autoencoder_s_gradient_graph_matches_torch_autograd(tmp_path):
+    from export import tae
+    from export.graphs import DecoderGraph
+    from export.vjp import export_vjp_graph
+
+    torch.manual_seed(0)
+    decoder = DecoderGraph(tae.Decoder(8, pooled=True).eval(), 1.0, 0.0).eval()
+    export_vjp_graph(decoder, torch.randn(1, 8, 4, 4), torch.rand(1, 3, 32, 32), tmp_path / "vjp.onnx")
+    assert_matches_torch_autograd(tmp_path / "vjp.onnx", decoder, 8)
+
+
+def test_the_exported_vae_s_gradient_graph_matches_torch_autograd(tiny_model, tiny_vae_folder):
+    from export.sources import load_model
+
+    decoder = load_model(str(tiny_vae_folder)).decoder_graph()
+    assert_matches_torch_autograd(tiny_model / "decoder_vjp.onnx", decoder, 4)
 
 
 def test_the_manifest_records_the_verified_gradient_graph(tiny_model):

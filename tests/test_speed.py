@@ -148,20 +148,6 @@ def test_the_manifest_records_memory_and_time_for_every_graph(tiny_model):
         assert graph.seconds > 0
 
 
-@pytest.fixture(scope="module")
-def tae_model(tmp_path_factory) -> Path:
-    """A random TAESD-shaped tiny autoencoder: convolutions only (no norms, no attention), so every
-    output sees a bounded neighbourhood and tiles can agree with the whole picture."""
-    from export import tae
-
-    folder = tmp_path_factory.mktemp("tae") / "taesd"
-    folder.mkdir()
-    torch.manual_seed(0)
-    torch.save(tae.Encoder(4, pooled=False).state_dict(), folder / "taesd_encoder.pth")
-    torch.save(tae.Decoder(4, pooled=False).state_dict(), folder / "taesd_decoder.pth")
-    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none", "--no-gradient")
-
-
 def test_a_tiled_codec_agrees_with_the_whole_picture(tae_model):
     whole = sdlite.Codec.load(tae_model, precision="fp32")
     tiled = sdlite.Codec.load(tae_model, precision="fp32", tile=32)

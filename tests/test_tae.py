@@ -7,31 +7,15 @@ import json
 import sys
 
 import numpy as np
-import pytest
-import torch
 
 import sdlite
 from sdlite import images
 
-from conftest import TAEF2, export_model, run
+from conftest import export_model, run, save_random_tae
 from pictures import photo, psnr
 
 
-
-def save_random_tae(folder, latent_channels: int, pooled: bool, seed: int = 0):
-    from export import tae
-
-    torch.manual_seed(seed)
-    folder.mkdir(parents=True)
-    torch.save(tae.Encoder(latent_channels, pooled).state_dict(), folder / "tiny_encoder.pth")
-    torch.save(tae.Decoder(latent_channels, pooled).state_dict(), folder / "tiny_decoder.pth")
-    return folder
-
-
-@pytest.mark.parametrize("latent_channels, pooled", [(4, False), (32, True)])
-def test_a_tae_pair_is_detected_exported_and_verified(tmp_path, latent_channels, pooled):
-    source = save_random_tae(tmp_path / "tae", latent_channels, pooled)
-    model = export_model(source, tmp_path / "models", "--no-gradient")
+def assert_round_trips(model, latent_channels: int) -> None:
     manifest = json.loads((model / "manifest.json").read_text())
     assert (manifest["latent_channels"], manifest["downsampling_factor"]) == (latent_channels, 8)
     assert manifest["latent_space"].startswith("weights-")
@@ -39,10 +23,16 @@ def test_a_tae_pair_is_detected_exported_and_verified(tmp_path, latent_channels,
     assert codec.decode(codec.encode(photo(45, 30))).size == (45, 30)
 
 
-def test_one_half_of_a_pair_names_the_whole_pair(tmp_path):
-    source = save_random_tae(tmp_path / "tae", 4, False)
-    model = export_model(source / "tiny_encoder.pth", tmp_path / "models", "--precisions", "none", "--no-gradient")
-    assert model.name == "tiny"
+def test_a_tae_pair_is_detected_exported_and_verified(tmp_path):
+    source = save_random_tae(tmp_path / "tae", 32, pooled=True)  # FLUX.2's shape: 32 channels, a pooling branch
+    assert_round_trips(export_model(source, tmp_path / "models", "--precisions", "none", "--no-gradient"), 32)
+
+
+def test_one_half_of_a_pair_exports_the_whole_pair(tae_model):
+    assert tae_model.name == "tiny"
+    assert {variant["precision"] for variant in json.loads((tae_model / "manifest.json").read_text())["variants"]} \
+        == {"int8", "fp16"}
+    assert_round_trips(tae_model, 4)
 
 
 def test_a_lone_half_is_refused_in_one_line(tmp_path):
