@@ -68,7 +68,7 @@ def agreement(folder: Path, precision: str, tile: int) -> str:
     they make, and what matters is how far each is from float32."""
     import sdlite
     from sdlite import images
-    from sdlite.tiling import cut, run_tiled
+    from sdlite.tiling import run_tiled
 
     whole = sdlite.Codec.load(folder, precision=precision, max_memory=1 << 50)
     tiled = sdlite.Codec.load(folder, precision=precision, tile=tile)
@@ -97,7 +97,7 @@ def agreement(folder: Path, precision: str, tile: int) -> str:
                 float32_output = float32_run()
                 figures[-1] += (f" (against float32 whole: tiled {psnr(judged(output), float32_output):.2f} dB, "
                                 f"whole {psnr(reference, float32_output):.2f} dB)")
-        how = "segments in step" if tiled.statistics_fit(role, grid, cut(*grid, tiling)) else "tiles alone"
+        how = "segments in step" if tiled.tiling(role, *grid).in_step else "tiles alone"
         parts.append(f"tiled {role} vs whole {figures[0]} ({how}), tiles alone {figures[1]}")
     line = (f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}, tiles {tiling}: "
             + "; ".join(parts))

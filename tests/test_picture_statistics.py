@@ -77,7 +77,7 @@ def test_a_tiled_decode_and_encode_agree_with_the_whole_ones(codecs):
     latent = whole.run_encoder(pixels)
     reference = whole.run_decoder(latent)
     tiling = tiled.tiling("decoder", 32, 32)
-    assert tiling is not None and tiled.statistics_fit("decoder", (32, 32), cut(32, 32, tiling))
+    assert tiling is not None and tiling.in_step
     # Each tile alone, normalised with its own statistics, gets 19 dB (decoder) and 14 dB (encoder).
     assert psnr_of(run_tiled(tiled.decoder, latent, tiling, 1, 8), reference) < 22
     assert psnr_of(tiled.run_decoder(latent), reference) > 26
@@ -91,7 +91,7 @@ def test_tiles_of_a_lower_precision_run_in_step_too(tiny_model, precision):
     latent = whole.run_encoder(images.to_array(photo(256, 256), 8))
     reference = whole.run_decoder(latent)
     tiling = tiled.tiling("decoder", 32, 32)
-    assert tiled.statistics_fit("decoder", (32, 32), cut(32, 32, tiling))
+    assert tiling.in_step
     # measured: 19 dB alone, 27-28 dB in step (float32's figures: int8's own rounding costs nothing here)
     assert psnr_of(run_tiled(tiled.decoder, latent, tiling, 1, 8), reference) < 22
     assert psnr_of(tiled.run_decoder(latent), reference) > 26
@@ -99,10 +99,10 @@ def test_tiles_of_a_lower_precision_run_in_step_too(tiny_model, precision):
 
 def test_tiles_run_alone_where_what_segments_hold_does_not_fit(tiny_model, codecs):
     whole, tiled = codecs
-    tiling = tiled.tiling("decoder", 32, 32)
+    assert tiled.tiling("decoder", 32, 32).in_step
     held = whole.manifest.decoder.segments.held_bytes_per_cell * 48 * 48  # 3 x 3 tiles of 16 cells
     small = sdlite.Codec.load(tiny_model, precision="fp32", tile=16, max_memory=int(held))
-    assert not small.statistics_fit("decoder", (32, 32), cut(32, 32, tiling))
+    assert not small.tiling("decoder", 32, 32).in_step
     assert small.decode(small.encode(photo(256, 256))).size == (256, 256)
 
 
@@ -116,7 +116,7 @@ def test_a_picture_too_large_to_run_whole_is_cut_into_tiles_that_run_in_step(tin
                               max_memory=int(in_step + PICTURE_BYTES_PER_PIXEL * 512 * 512))
     tiling = codec.tiling("decoder", 64, 64)
     # the largest tiles alone would fit too, but then normalise with their own statistics
-    assert tiling is not None and tiling.tile >= 32 and codec.statistics_fit("decoder", (64, 64), cut(64, 64, tiling))
+    assert tiling is not None and tiling.tile >= 32 and tiling.in_step
     latent = whole.run_encoder(images.to_array(photo(512, 512), 8))
     reference = whole.run_decoder(latent)
     assert psnr_of(codec.run_decoder(latent), reference) > 26

@@ -125,15 +125,24 @@ class Codec:
         return self._chosen(role)[0]
 
     def tiling(self, role: str, latent_height: int, latent_width: int) -> Tiling | None:
-        """How the encoder or decoder cuts a latent of this size into tiles; None: in one piece."""
-        if self.tile is not None:
-            fits = max(latent_height, latent_width) <= self.tile
-            return None if fits else Tiling(self.tile, min(DEFAULT_OVERLAP, self.tile // 4))
+        """How the encoder or decoder cuts a latent of this size into tiles; None: in one piece. The
+        tiles run in step where the graph of the precision chosen was cut into segments (the export cuts
+        every graph with group norms) and what they hold between segments fits the budget beside one
+        run and the picture."""
         _, _, memory, segmented = self._chosen(role)
-        if memory is None:
+        budget = self._network_budget(latent_height, latent_width)
+        if self.tile is None:
+            if memory is None:
+                return None
+            return choose_tiling(latent_height, latent_width, memory, budget,
+                                 held_bytes_per_cell=segmented.held_bytes_per_cell if segmented else None)
+        if max(latent_height, latent_width) <= self.tile:
             return None
-        return choose_tiling(latent_height, latent_width, memory, self._network_budget(latent_height, latent_width),
-                             held_bytes_per_cell=segmented.held_bytes_per_cell if segmented else None)
+        tile, overlap = self.tile, min(DEFAULT_OVERLAP, self.tile // 4)
+        in_step = segmented is not None and lockstep_peak(cut(latent_height, latent_width, Tiling(tile, overlap)),
+                                                          memory or MemoryModel(0, 0, 0),
+                                                          segmented.held_bytes_per_cell) <= budget
+        return Tiling(tile, overlap, in_step)
 
     def _network_budget(self, latent_height: int, latent_width: int) -> float:
         """The bytes of --max-memory left beside the picture itself."""
@@ -161,21 +170,11 @@ class Codec:
         if tiling is None:
             return self._graph(role)(array)
         tiles = cut(*grid, tiling)
-        if self.statistics_fit(role, grid, tiles):
+        if tiling.in_step:
             outputs = self._run_segments(role, array, tiles, input_factor)
         else:
             outputs = run_each(self._graph(role), array, tiles, input_factor)
         return blend(outputs, tiles, grid, output_factor)
-
-    def statistics_fit(self, role: str, grid: tuple[int, int], tiles: list[Tile]) -> bool:
-        """Whether the encoder or decoder runs as segments in step over these tiles: the graph of the
-        precision chosen was cut (the export cuts every graph with group norms), and what the tiles
-        hold between segments fits in the budget beside one run and the picture."""
-        _, _, memory, segmented = self._chosen(role)
-        if segmented is None:
-            return False
-        peak = lockstep_peak(tiles, memory or MemoryModel(0, 0, 0), segmented.held_bytes_per_cell)
-        return peak <= self._network_budget(*grid)
 
     def _run_segments(self, role: str, array: np.ndarray, tiles: list[Tile], input_factor: int) -> list[np.ndarray]:
         segments = self._chosen(role)[3].segments

@@ -27,6 +27,7 @@ Box = tuple[int, int, int, int]  # rows and columns (from, to) of latent cells, 
 class Tiling:
     tile: int  # latent cells along a tile's side
     overlap: int  # latent cells that neighbouring tiles share at least
+    in_step: bool = False  # the tiles run a graph's segments in step (lockstep.py) rather than alone
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def choose_tiling(latent_height: int, latent_width: int, memory: MemoryModel, bu
                           f"even a {MIN_TILE}x{MIN_TILE}-cell tile needs {memory.peak(MIN_TILE**2) / 2**30:.2f} GiB")
     if held_bytes_per_cell is not None:
         for tile in range(side, max(MIN_TILE, 2 * overlap) - 1, -1):
-            tiling = Tiling(tile, overlap)
+            tiling = Tiling(tile, overlap, in_step=True)
             if lockstep_peak(cut(latent_height, latent_width, tiling), memory, held_bytes_per_cell) <= budget:
                 return tiling
     return Tiling(side, overlap)
