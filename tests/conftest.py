@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -66,21 +69,6 @@ def tiny_model(tiny_vae_folder, tmp_path_factory) -> Path:
     return export_model(tiny_vae_folder, tmp_path_factory.mktemp("models"))
 
 
-@pytest.fixture(scope="session")
-def other_model(tmp_path_factory) -> Path:
-    """Another random VAE of the same shape: a different latent space."""
-    folder = tmp_path_factory.mktemp("other-vae") / "other"
-    make_vae(TINY_CONFIG, seed=1).save_pretrained(folder)
-    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none", "--no-gradient")
-
-
-@pytest.fixture(scope="session")
-def sd1_model(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("sd1-vae") / "sd1"
-    make_vae(SD1_CONFIG, seed=0).save_pretrained(folder)
-    return export_model(folder, tmp_path_factory.mktemp("models"), "--precisions", "none", "--no-gradient")
-
-
 def save_random_tae(folder: Path, latent_channels: int, pooled: bool, seed: int = 0) -> Path:
     """A random tiny autoencoder in the TAESD/TAEF2 checkpoint layout: a tiny_encoder.pth/tiny_decoder.pth pair."""
     import torch
@@ -94,18 +82,81 @@ def save_random_tae(folder: Path, latent_channels: int, pooled: bool, seed: int 
     return folder
 
 
+def saved_vae(config: dict, seed: int) -> Callable[[Path], Path]:
+    def save(folder: Path) -> Path:
+        make_vae(config, seed).save_pretrained(folder)
+        return folder
+    return save
+
+
+# The models that tests share, in the order the tests first need them (tiny_model, needed first of all,
+# is exported in the foreground): how each one's source is made in a folder, and the export's options.
+SHARED_EXPORTS = {
+    "other_model": (saved_vae(TINY_CONFIG, seed=1), ("--precisions", "none", "--no-gradient")),
+    "sd1_model": (saved_vae(SD1_CONFIG, seed=0), ("--precisions", "none", "--no-gradient")),
+    "taef2_model": (lambda folder: TAEF2, ("--precisions", "int8")),  # fp16 is for CUDA
+    "tae_model": (lambda folder: save_random_tae(folder, 4, pooled=False) / "tiny_encoder.pth", ("--no-gradient",)),
+}
+
+
+class BackgroundExports:
+    """The shared models, exported one after another on a thread of their own while the tests run. An
+    export is mostly a fresh interpreter's imports and single-threaded tracing, so on two cores it overlaps
+    the tests instead of holding them up. The sources are made when the session starts, in the main thread
+    (random weights come from torch's one global generator); a model asked for before its turn is exported
+    there and then."""
+
+    def __init__(self, tmp_path_factory, wanted: set[str]):
+        self._tmp_path_factory = tmp_path_factory
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._futures: dict[str, Future] = {}
+        for name in SHARED_EXPORTS:
+            if name in wanted and (name != "taef2_model" or TAEF2.is_dir()):
+                self._futures[name] = self._pool.submit(self._export(name))
+
+    def _export(self, name: str) -> Callable[[], Path]:
+        make_source, options = SHARED_EXPORTS[name]
+        root = self._tmp_path_factory.mktemp(name)
+        return functools.partial(export_model, make_source(root / "source"), root / "models", *options)
+
+    def model(self, name: str) -> Path:
+        future = self._futures.get(name)
+        return self._export(name)() if future is None or future.cancel() else future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_exports(request, tmp_path_factory, session_cache) -> BackgroundExports:
+    exports = BackgroundExports(tmp_path_factory, {name for item in request.session.items for name in item.fixturenames})
+    yield exports
+    exports.close()
+
+
 @pytest.fixture(scope="session")
-def tae_model(tmp_path_factory) -> Path:
+def other_model(shared_exports) -> Path:
+    """Another random VAE of the same shape: a different latent space."""
+    return shared_exports.model("other_model")
+
+
+@pytest.fixture(scope="session")
+def sd1_model(shared_exports) -> Path:
+    """The full-size SD 1.x architecture with random weights."""
+    return shared_exports.model("sd1_model")
+
+
+@pytest.fixture(scope="session")
+def tae_model(shared_exports) -> Path:
     """A random TAESD-shaped tiny autoencoder, exported from one half of its pair with the lower-precision
     variants: convolutions only (no norms, no attention), so every output sees a bounded neighbourhood
     and tiles can agree with the whole picture."""
-    source = save_random_tae(tmp_path_factory.mktemp("tae") / "tae", 4, pooled=False)
-    return export_model(source / "tiny_encoder.pth", tmp_path_factory.mktemp("models"), "--no-gradient")
+    return shared_exports.model("tae_model")
 
 
 @pytest.fixture(scope="session")
-def taef2_model(tmp_path_factory) -> Path:
+def taef2_model(shared_exports) -> Path:
     """The real pretrained TAEF2, exported once for every test that measures real quality."""
     if not TAEF2.is_dir():
         pytest.skip(f"the pretrained TAEF2 weights are not here ({TAEF2})")
-    return export_model(TAEF2, tmp_path_factory.mktemp("models"), "--precisions", "int8")  # fp16 is for CUDA
+    return shared_exports.model("taef2_model")
