@@ -14,26 +14,13 @@ the codec takes this path only where that fits its memory budget.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Callable
 
 import numpy as np
 
+from .inference import give_back_freed_memory
 from .manifest import Segment
 from .tiling import Box
-
-try:  # glibc's; elsewhere (macOS, Windows) freed memory is not kept back the same way
-    _malloc_trim = ctypes.CDLL(None).malloc_trim
-except (AttributeError, OSError, TypeError):
-    _malloc_trim = None
-
-
-def give_back_freed_memory() -> None:
-    """glibc keeps freed blocks smaller than 32 MB for reuse instead of returning them; run after run they
-    add up to a gigabyte beside what the tiles hold (SD decoder, 768x512 in tiles of 43: peak RSS 3.43 GiB,
-    2.20 GiB with this after every run, which costs 10% in time)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 def run_segments(segments: list[Segment], runners: list, tiles: list[np.ndarray], owned: list[Box],
