@@ -326,9 +326,8 @@ def test_the_session_kept_is_loaded_from_the_cache_even_when_it_was_just_written
     loaded = []
     monkeypatch.setattr(inference, "new_session", lambda model, *rest: loaded.append(model) or new_session(model, *rest))
     entry = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text()).decoder
-    graph = Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)
-    cached = cached_graph_path(entry.sha256, ["CPUExecutionProvider"])
-    assert len(loaded) == 2 and loaded[-1] == cached and graph.session is not None
+    Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)
+    assert loaded[1:] == [cached_graph_path(entry.sha256, ["CPUExecutionProvider"])]
 
 
 def test_an_unwritable_cache_still_runs(tiny_model, tmp_path, monkeypatch):
