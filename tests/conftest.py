@@ -109,10 +109,11 @@ class BackgroundExports:
     def __init__(self, tmp_path_factory, wanted: set[str]):
         self._tmp_path_factory = tmp_path_factory
         self._pool = ThreadPoolExecutor(max_workers=1)
-        self._futures: dict[str, Future] = {}
+        self._queued: dict[str, tuple[Future, Callable[[], Path]]] = {}
         for name in SHARED_EXPORTS:
             if name in wanted and (name != "taef2_model" or TAEF2.is_dir()):
-                self._futures[name] = self._pool.submit(self._export(name))
+                export = self._export(name)
+                self._queued[name] = self._pool.submit(export), export
 
     def _export(self, name: str) -> Callable[[], Path]:
         make_source, options = SHARED_EXPORTS[name]
@@ -120,8 +121,10 @@ class BackgroundExports:
         return functools.partial(export_model, make_source(root / "source"), root / "models", *options)
 
     def model(self, name: str) -> Path:
-        future = self._futures.get(name)
-        return self._export(name)() if future is None or future.cancel() else future.result()
+        if name not in self._queued:
+            return self._export(name)()
+        future, export = self._queued[name]
+        return export() if future.cancel() else future.result()
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)

@@ -21,7 +21,7 @@ from .models import find_model
 from .palette import PaletteModel
 from .precision import AUTO, check_precision, choose_graph
 from .predictive import PredictiveModel
-from .tiling import DEFAULT_OVERLAP, MemoryModel, Tile, Tiling, blend, choose_tiling, cut, lockstep_peak, run_each
+from .tiling import DEFAULT_OVERLAP, MemoryModel, Tile, Tiling, blend, choose_tiling, cut, fits_in_step, run_each
 
 DEFAULT_QUALITY = 50
 # The most pixels an image or a file's header may have (4096 x 4096), checked before anything is
@@ -139,9 +139,9 @@ class Codec:
         if max(latent_height, latent_width) <= self.tile:
             return None
         tile, overlap = self.tile, min(DEFAULT_OVERLAP, self.tile // 4)
-        in_step = segmented is not None and lockstep_peak(cut(latent_height, latent_width, Tiling(tile, overlap)),
-                                                          memory or MemoryModel(0, 0, 0),
-                                                          segmented.held_bytes_per_cell) <= budget
+        in_step = segmented is not None and fits_in_step(latent_height, latent_width, Tiling(tile, overlap),
+                                                         memory or MemoryModel(0, 0, 0),
+                                                         segmented.held_bytes_per_cell, budget)
         return Tiling(tile, overlap, in_step)
 
     def _network_budget(self, latent_height: int, latent_width: int) -> float:

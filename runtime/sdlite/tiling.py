@@ -67,9 +67,15 @@ def choose_tiling(latent_height: int, latent_width: int, memory: MemoryModel, bu
     if held_bytes_per_cell is not None:
         for tile in range(side, max(MIN_TILE, 2 * overlap) - 1, -1):
             tiling = Tiling(tile, overlap, in_step=True)
-            if lockstep_peak(cut(latent_height, latent_width, tiling), memory, held_bytes_per_cell) <= budget:
+            if fits_in_step(latent_height, latent_width, tiling, memory, held_bytes_per_cell, budget):
                 return tiling
     return Tiling(side, overlap)
+
+
+def fits_in_step(latent_height: int, latent_width: int, tiling: Tiling, memory: MemoryModel,
+                 held_bytes_per_cell: float, budget: float) -> bool:
+    """Whether these tiles, run in step, keep within `budget` bytes."""
+    return lockstep_peak(cut(latent_height, latent_width, tiling), memory, held_bytes_per_cell) <= budget
 
 
 def lockstep_peak(tiles: list[Tile], memory: MemoryModel, held_bytes_per_cell: float) -> float:
