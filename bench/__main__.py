@@ -37,12 +37,13 @@ def huge(
     precision: str = typer.Option("auto", "--precision"),
     max_memory: float = typer.Option(2.5, "--max-memory-gib", help="Budget of one network run, GiB."),
     side: int = typer.Option(4096, "--side"),
+    spill: bool = typer.Option(False, "--spill", help="Tiles in step with what they hold in files (sdlite's --spill)."),
     out: Path = typer.Option(Path("bench/results/huge.md"), "--out"),
 ) -> None:
     """A 4096x4096 picture through the tiled codec: time, tiles and the process's peak RSS."""
     from .huge import main as run
 
-    line = run(model, precision, int(max_memory * 2**30), side)
+    line = run(model, precision, int(max_memory * 2**30), side, spill=spill)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:
         f.write(line + "\n")
@@ -52,13 +53,15 @@ def huge(
 def tiles(
     model: Path = typer.Option(..., "--model", help="Exported model folder."),
     precision: str = typer.Option("fp32", "--precision"),
-    tile: int = typer.Option(32, "--tile", help="Latent cells per tile side."),
+    tile: int = typer.Option(None, "--tile", help="Latent cells per tile side (default: as the budget has them)."),
+    side: int = typer.Option(None, "--side", help="The Kodak photo scaled to side x side pixels."),
+    max_memory: float = typer.Option(2.5, "--max-memory-gib", help="Budget of one network run, GiB."),
     out: Path = typer.Option(Path("bench/results/tiles.md"), "--out"),
 ) -> None:
     """How closely a tiled encode and decode agree with the whole one, on a picture that fits whole."""
     from .huge import agreement
 
-    line = agreement(model, precision, tile)
+    line = agreement(model, precision, tile, side, int(max_memory * 2**30))
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:
         f.write(line + "\n")

@@ -29,10 +29,11 @@ def picture(side: int) -> Image.Image:
     return Image.fromarray(np.rint(pixels * 255).astype(np.uint8), "RGB")
 
 
-def main(folder: Path, precision: str, max_memory: int, side: int = SIDE, quality: int = 50) -> str:
+def main(folder: Path, precision: str, max_memory: int, side: int = SIDE, quality: int = 50,
+         spill: bool = False) -> str:
     import sdlite
 
-    codec = sdlite.Codec.load(folder, precision=precision, max_memory=max_memory)
+    codec = sdlite.Codec.load(folder, precision=precision, max_memory=max_memory, spill=spill)
     image = picture(side)
     latent_side = side // codec.manifest.downsampling_factor
     started = time.perf_counter()
@@ -58,31 +59,38 @@ def psnr_8bit(a: Image.Image, b: Image.Image) -> float:
     return 99.0 if squared == 0 else float(10 * np.log10(255**2 * x.size / squared))
 
 
-def agreement(folder: Path, precision: str, tile: int) -> str:
-    """PSNR between tiled and whole runs on a picture small enough to run whole (a Kodak photo), with
-    their times: the codec's tiled encode and decode (segments in step where the graph has group norms
-    and they fit), and each tile run alone (as before segments, and as the codec does where they do not
-    fit). A tiled encode is judged by its latent decoded whole. For a variant, the codec's tiled run and
-    the whole variant run are also held against the whole float32 run: rounded graphs are chaotic (a
-    last-bit change flips a rounding, whose step flips more), so tiles and whole differ in which roundings
-    they make, and what matters is how far each is from float32."""
+def agreement(folder: Path, precision: str, tile: int | None, side: int | None = None,
+              max_memory: int | None = None) -> str:
+    """PSNR between tiled and whole runs on a picture small enough to run whole (a Kodak photo, or one
+    scaled to side x side), with their times: the codec's tiled encode and decode (segments in step
+    where the graph has group norms and they fit, in memory or else in files), and each tile run alone
+    (as before segments, and as the codec does where they fit neither). Tiles of `tile` cells, or
+    as `max_memory` has them. A tiled encode is judged by its latent decoded whole. For a variant, the
+    codec's tiled run and the whole variant run are also held against the whole float32 run: rounded
+    graphs are chaotic (a last-bit change flips a rounding, whose step flips more), so tiles and whole
+    differ in which roundings they make, and what matters is how far each is from float32."""
     import sdlite
     from sdlite import images
+    from sdlite.codec import DEFAULT_MAX_MEMORY
     from sdlite.tiling import run_tiled
 
     whole = sdlite.Codec.load(folder, precision=precision, max_memory=1 << 50)
-    tiled = sdlite.Codec.load(folder, precision=precision, tile=tile)
+    tiled = sdlite.Codec.load(folder, precision=precision, tile=tile, max_memory=max_memory or DEFAULT_MAX_MEMORY,
+                              spill=True)
     float32 = sdlite.Codec.load(folder, precision="fp32", max_memory=1 << 50)
-    pixels = images.to_array(picture(512) if not KODAK.is_file() else Image.open(KODAK).convert("RGB"), 8)
+    photo = picture(side) if side or not KODAK.is_file() else Image.open(KODAK).convert("RGB")
+    pixels = images.to_array(photo, 8)
     latent = whole.run_encoder(pixels)
     reference = whole.run_decoder(latent)
     factor = tiled.manifest.downsampling_factor
     grid = latent.shape[2:]
-    tiling = tiled.tiling("decoder", *grid)
+    tilings = {role: tiled.tiling(role, *grid) for role in ("decoder", "encoder")}
+    if None in tilings.values():
+        raise sdlite.SdliteError(f"a {photo.width}x{photo.height} picture runs whole within the budget: give --tile")
     cases = {  # role: input, codec's tiled run, tiles alone, judged as, the whole float32 run judged so
-        "decoder": (latent, tiled.run_decoder, lambda z: run_tiled(tiled.decoder, z, tiling, 1, factor), lambda x: x,
-                    lambda: float32.run_decoder(latent)),
-        "encoder": (pixels, tiled.run_encoder, lambda x: run_tiled(tiled.encoder, x, tiling, factor, 1),
+        "decoder": (latent, tiled.run_decoder, lambda z: run_tiled(tiled.decoder, z, tilings["decoder"], 1, factor),
+                    lambda x: x, lambda: float32.run_decoder(latent)),
+        "encoder": (pixels, tiled.run_encoder, lambda x: run_tiled(tiled.encoder, x, tilings["encoder"], factor, 1),
                     whole.run_decoder, lambda: whole.run_decoder(float32.run_encoder(pixels))),
     }
     parts = []
@@ -97,9 +105,10 @@ def agreement(folder: Path, precision: str, tile: int) -> str:
                 float32_output = float32_run()
                 figures[-1] += (f" (against float32 whole: tiled {psnr(judged(output), float32_output):.2f} dB, "
                                 f"whole {psnr(reference, float32_output):.2f} dB)")
-        how = "segments in step" if tiled.tiling(role, *grid).in_step else "tiles alone"
-        parts.append(f"tiled {role} vs whole {figures[0]} ({how}), tiles alone {figures[1]}")
-    line = (f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}, tiles {tiling}: "
-            + "; ".join(parts))
+        chosen = tilings[role]
+        how = ("tiles alone" if not chosen.in_step else
+               "segments in step, held in files" if chosen.spilled else "segments in step")
+        parts.append(f"tiled {role} vs whole {figures[0]} ({how}, tiles of {chosen.tile}), tiles alone {figures[1]}")
+    line = f"{folder.name} {precision}, picture {pixels.shape[3]}x{pixels.shape[2]}: " + "; ".join(parts)
     print(line, file=sys.stderr)
     return line

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import sdlite
 from sdlite import images
 from sdlite.codec import PICTURE_BYTES_PER_PIXEL
-from sdlite.lockstep import attention, owned_cells, picture_moments
+from sdlite import lockstep
+from sdlite.lockstep import Moments, attention, owned_cells
 from sdlite.tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, cut, lockstep_peak, run_tiled
 
 from pictures import photo
@@ -18,7 +21,9 @@ def psnr_of(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1 / np.mean((a.astype(np.float64) - b) ** 2)))
 
 
-def test_moments_and_attention_over_owned_cells_are_the_whole_picture_s():
+@pytest.mark.parametrize("scores_bytes", [lockstep.SCORES_BYTES, 4 * 20])  # all rows at once; 4 rows at a time
+def test_moments_and_attention_over_owned_cells_are_the_whole_picture_s(scores_bytes, monkeypatch):
+    monkeypatch.setattr(lockstep, "SCORES_BYTES", scores_bytes)
     rng = np.random.default_rng(0)
     height, width, tile, factor = 21, 30, 12, 2  # three tiles a side, activations at twice the grid
     activation = rng.normal(1.0, 2.0, (1, 8, height * factor, width * factor)).astype(np.float32)
@@ -27,8 +32,10 @@ def test_moments_and_attention_over_owned_cells_are_the_whole_picture_s():
     parts = [(t.rows.start, t.columns.start, t.owned) for t in cut(height, width, Tiling(tile, 4))]
     crops = [activation[:, :, top * factor:(top + tile) * factor, left * factor:(left + tile) * factor]
              for top, left, _ in parts]
-    grids = [(tile, tile)] * len(parts)
-    mean, variance = picture_moments(crops, grids, [box for _, _, box in parts], groups=4)
+    moments = Moments(groups=4)
+    for crop, (_, _, box) in zip(crops, parts):
+        moments.add(crop, (tile, tile), box)
+    mean, variance = moments.result()
     grouped = activation.reshape(4, -1).astype(np.float64)
     assert np.allclose(mean, grouped.mean(axis=1)) and np.allclose(variance, grouped.var(axis=1))
 
@@ -36,13 +43,14 @@ def test_moments_and_attention_over_owned_cells_are_the_whole_picture_s():
         moved = np.moveaxis(array, axis, -1).reshape(1, 1, 4, height, width)[..., top:top + tile, left:left + tile]
         return np.moveaxis(moved.reshape(1, 1, 4, -1), -1, axis)
 
-    gathered_keys = np.concatenate([owned_cells(tile_cells(keys, -1, top, left), (tile, tile), box, -1)
-                                    for top, left, box in parts], -1)
-    gathered_values = np.concatenate([owned_cells(tile_cells(values, -2, top, left), (tile, tile), box, -2)
-                                      for top, left, box in parts], -2)
+    cells = [(owned_cells(tile_cells(keys, -1, top, left), (tile, tile), box, -1),
+              owned_cells(tile_cells(values, -2, top, left), (tile, tile), box, -2)) for top, left, box in parts]
     # every cell once, in another order: attention sums over them, so the result is the whole picture's
-    assert gathered_keys.shape == keys.shape
-    assert np.allclose(attention(queries, gathered_keys, gathered_values), attention(queries, keys, values), atol=1e-5)
+    assert sum(part.shape[-1] for part, _ in cells) == keys.shape[-1]
+    scores = queries[0, 0] @ keys[0, 0]
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    expected = (weights / weights.sum(axis=-1, keepdims=True)) @ values[0, 0]
+    assert np.allclose(attention(queries, cells)[0, 0], expected, atol=1e-5)
 
 
 def test_the_export_cuts_graphs_with_group_norms_into_segments_that_match_them(tiny_model):
@@ -59,10 +67,11 @@ def test_the_export_cuts_graphs_with_group_norms_into_segments_that_match_them(t
             error = record["float32_mse"]
             assert 0 < error["segments"] <= max(2 * error["whole"], record["bound"] ** 2)
         assert graph.segments.held_bytes_per_cell > 0
-    # what a tile holds between segments is activations: an int8 graph's weights stay in their segments
+    # what a tile holds between segments is activations (and a few scalars): an int8 graph's weights stay
+    # in their segments
     for variant in manifest.variants:
         for graph, float32 in ((variant.encoder, manifest.encoder), (variant.decoder, manifest.decoder)):
-            assert graph.segments.held_bytes_per_cell <= float32.segments.held_bytes_per_cell
+            assert graph.segments.held_bytes_per_cell <= 1.01 * float32.segments.held_bytes_per_cell
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +106,27 @@ def test_tiles_of_a_lower_precision_run_in_step_too(tiny_model, precision):
     assert psnr_of(tiled.run_decoder(latent), reference) > 26
 
 
-def test_tiles_run_alone_where_what_segments_hold_does_not_fit(tiny_model, codecs):
+def test_what_tiles_in_step_hold_goes_to_files_where_it_does_not_fit_in_memory(tiny_model, codecs, monkeypatch):
     whole, tiled = codecs
-    assert tiled.tiling("decoder", 32, 32).in_step
-    held = whole.manifest.decoder.segments.held_bytes_per_cell * 48 * 48  # 3 x 3 tiles of 16 cells
-    small = sdlite.Codec.load(tiny_model, precision="fp32", tile=16, max_memory=int(held))
-    assert not small.tiling("decoder", 32, 32).in_step
+    assert tiled.tiling("decoder", 32, 32) == Tiling(16, 4, in_step=True)
+    memory, held = MemoryModel(*whole.manifest.decoder.memory), whole.manifest.decoder.segments.held_bytes_per_cell
+    tiles = cut(32, 32, Tiling(16, 4))  # 3 x 3
+    spilled = lockstep_peak(tiles, memory, held, spilled=True) + PICTURE_BYTES_PER_PIXEL * 256 * 256
+    assert spilled < lockstep_peak(tiles, memory, held)
+    small = sdlite.Codec.load(tiny_model, precision="fp32", tile=16, max_memory=int(spilled) + 1, spill=True)
+    assert small.tiling("decoder", 32, 32) == Tiling(16, 4, in_step=True, spilled=True)
+    latent = whole.run_encoder(images.to_array(photo(256, 256), 8))
+    written = []
+    real_put = lockstep.Spilled.put
+    monkeypatch.setattr(lockstep.Spilled, "put", lambda self, key, tensors: (written.append(key),
+                                                                            real_put(self, key, tensors)))
+    # the same arithmetic as in memory, the tensors only stored between segments
+    assert np.array_equal(small.run_decoder(latent), tiled.run_decoder(latent))
+    assert written and not any(lockstep.spill_folder().iterdir())  # the files went when the decode ended
+    # unless asked to (they are slower), or with no disk to take them, the tiles run alone
+    assert small.copy(spill=False).tiling("decoder", 32, 32) == Tiling(16, 4)
+    monkeypatch.setattr(sdlite.codec, "spill_bytes", lambda: 0.0)
+    assert small.tiling("decoder", 32, 32) == Tiling(16, 4)
     assert small.decode(small.encode(photo(256, 256))).size == (256, 256)
 
 
@@ -123,3 +147,23 @@ def test_a_picture_too_large_to_run_whole_is_cut_into_tiles_that_run_in_step(tin
     # only the segments' sessions were made, and none keeps an arena (some thirty would each keep their largest run)
     assert "decoder" not in codec._graphs
     assert not any(graph.session.get_session_options().enable_cpu_mem_arena for graph in codec._segments["decoder"])
+
+
+def test_tensors_held_in_files_come_back_as_they_went_and_a_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
+    abandoned, running = tmp_path / "tiles" / "999999999-x", tmp_path / "tiles" / f"{os.getpid()}-y"
+    for folder in (abandoned, running):
+        folder.mkdir(parents=True)
+        (folder / "0.raw").write_bytes(b"0")
+    held = lockstep.Spilled(tmp_path / "tiles")
+    assert not abandoned.exists() and running.exists()  # a killed process's files go, a running one's stay
+    tensors = {"x": np.arange(24, dtype=np.float32).reshape(2, 3, 4)[:, ::2], "k": np.ones((1, 5), np.float16)}
+    held.put(0, tensors)
+    assert len(list(held.folder.iterdir())) == 2 and held.in_memory() == {}
+    back = held.take(0)
+    assert all(np.array_equal(back[name], tensors[name]) and back[name].dtype == tensors[name].dtype for name in tensors)
+    assert not any(held.folder.iterdir())
+    held.close()
+    assert not held.folder.exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(sdlite.SdliteError, match="cannot make a folder for the tiles' tensors"):
+        lockstep.Spilled(tmp_path / "file" / "tiles")

@@ -79,6 +79,23 @@ def test_tiles_that_can_run_in_step_are_made_small_enough_to():
     assert choose_tiling(512, 512, memory, budget=2e9, held_bytes_per_cell=0.1e6) == choose_tiling(512, 512, memory, 2e9)
 
 
+def test_tiles_in_step_too_large_to_hold_in_memory_write_it_to_disk_where_it_has_room():
+    memory = MemoryModel(fixed=100e6, linear=0.3e6, quadratic=12.0)
+    held = 0.1e6 * 512 * 512  # 26 GB over the whole picture, more with the overlaps
+    spilled = choose_tiling(512, 512, memory, budget=2e9, held_bytes_per_cell=0.1e6, spill_bytes=2 * held)
+    assert spilled.in_step and spilled.spilled
+    # one tile's tensors beside its run: smaller tiles than alone, the largest that fit so
+    peak = lockstep_peak(cut(512, 512, spilled), memory, 0.1e6, spilled=True)
+    larger = Tiling(spilled.tile + 1, spilled.overlap)
+    assert peak <= 2e9 < lockstep_peak(cut(512, 512, larger), memory, 0.1e6, spilled=True)
+    assert spilled.tile < choose_tiling(512, 512, memory, budget=2e9).tile
+    # a disk without room for what all the tiles hold: tiles alone
+    alone = choose_tiling(512, 512, memory, budget=2e9, held_bytes_per_cell=0.1e6, spill_bytes=held)
+    assert alone == choose_tiling(512, 512, memory, 2e9)
+    # in memory where it fits, though files would allow larger tiles
+    assert not choose_tiling(64, 96, memory, budget=2e9, held_bytes_per_cell=0.1e6, spill_bytes=2 * held).spilled
+
+
 def test_blending_weights_add_up_where_three_tiles_overlap():
     # 21 cells in tiles of 12: starts 0, 4 (or 5), 9, so the middle cells lie in all three tiles.
     latent = np.full((1, 4, 21, 21), 0.25, dtype=np.float32)
@@ -369,6 +386,7 @@ def test_cli_options_for_precision_and_memory(tmp_path, tiny_model):
         result = run(*SDLITE, "encode", str(tmp_path / "p.png"), *args, env=env)
         assert result.returncode == 1 and message in result.stderr.decode(), result.stderr.decode()
     assert run(*SDLITE, "encode", str(tmp_path / "p.png"), "--tile", "4", env=env).returncode == 0
+    assert run(*SDLITE, "decode", str(tmp_path / "p.sdc"), "-f", "--tile", "4", "--spill", env=env).returncode == 0
     listing = run(*SDLITE, "models", env=env).stdout.decode()
     assert "int8 for cpu (encoder" in listing and "fp16 for cuda" in listing
     assert "precisions     fp32, int8" in run(*SDLITE, "info", str(tmp_path / "p.sdc"), env=env).stdout.decode()

@@ -40,6 +40,10 @@ MaxMemoryOption = typer.Option(f"{DEFAULT_MAX_MEMORY / 2**30:g}G", "--max-memory
                                help="Memory one network run may use (e.g. 4G, 800M) before images are cut into "
                                     "overlapping tiles.")
 TileOption = typer.Option(None, "--tile", min=4, help="Tiles of this many latent cells a side (overrides --max-memory).")
+SpillOption = typer.Option(False, "--spill",
+                           help="Tiles that would need more than --max-memory to see the whole picture's statistics "
+                                "hold what they need in files instead of running alone: the whole run's picture, "
+                                "several times slower.")
 ForceOption = typer.Option(False, "--force", "-f", help="Replace outputs that already exist.")
 MaxPixelsOption = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
                                help="Refuse images (and files that claim images) with more pixels.")
@@ -226,6 +230,7 @@ def encode(
     precision: str = PrecisionOption,
     max_memory: str = MaxMemoryOption,
     tile: Optional[int] = TileOption,
+    spill: bool = SpillOption,
     jobs: int = JobsOption,
     force: bool = ForceOption,
     max_pixels: int = MaxPixelsOption,
@@ -240,7 +245,7 @@ def encode(
         methods.by_name(method)
         outputs = output_names(inputs, output, ".sdc")
         codec = Codec.load(model, device, precision=precision, max_memory=parse_size(max_memory), tile=tile,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, spill=spill)
     except SdliteError as exc:
         fail(str(exc))
     work = functools.partial(encode_file, force=force, show_steps=len(inputs) == 1, quality=quality, method=method,
@@ -257,6 +262,7 @@ def decode(
     precision: str = PrecisionOption,
     max_memory: str = MaxMemoryOption,
     tile: Optional[int] = TileOption,
+    spill: bool = SpillOption,
     jobs: int = JobsOption,
     force: bool = ForceOption,
     max_pixels: int = MaxPixelsOption,
@@ -266,7 +272,7 @@ def decode(
         outputs = output_names(inputs, output, ".png")
         first = read_input(inputs[0]) if inputs[0] == STDIO else None
         codec = Codec.load(model, device, latent_space=_latent_space_of(first, inputs[0]), precision=precision,
-                           max_memory=parse_size(max_memory), tile=tile, max_pixels=max_pixels)
+                           max_memory=parse_size(max_memory), tile=tile, max_pixels=max_pixels, spill=spill)
     except SdliteError as exc:
         fail(str(exc))
     run_each(codec, inputs, outputs, functools.partial(decode_file, stdin=first, force=force), "decoded", jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -14,14 +15,15 @@ from . import images, methods, quantizer, ratecontrol
 from .container import SdcFile
 from .errors import SdliteError
 from .inference import Graph, resolve_device
-from .lockstep import run_segments
+from .lockstep import run_segments, spill_bytes, spill_folder
 from .manifest import FP32, Manifest, Segmented, load_manifest, verified_graph_bytes
 from .manifest import Graph as GraphEntry  # a graph as the manifest describes it, not its session
 from .models import find_model
 from .palette import PaletteModel
 from .precision import AUTO, check_precision, choose_graph
 from .predictive import PredictiveModel
-from .tiling import DEFAULT_OVERLAP, MemoryModel, Tile, Tiling, blend, choose_tiling, cut, fits_in_step, run_each
+from .tiling import (DEFAULT_OVERLAP, MemoryModel, Tile, Tiling, blend, choose_tiling, cut, in_step_where_it_fits,
+                     run_each)
 
 DEFAULT_QUALITY = 50
 # The most pixels an image or a file's header may have (4096 x 4096), checked before anything is
@@ -46,12 +48,14 @@ class Codec:
     `precision` picks the graphs' variant (see precision.py), `max_memory` the bytes one graph run
     may take before images are cut into tiles, `tile` forces tiles of that many latent cells a side,
     `max_pixels` is the largest picture accepted, `threads` onnxruntime's intra-op threads (None: the
-    cores available); the files written do not depend on the threads.
+    cores available); the files written do not depend on the threads. `spill`: tiles in step whose
+    tensors do not fit `max_memory` hold them in files (see lockstep.py) rather than run alone, each
+    normalised with its own statistics: the picture of the whole run, several times slower.
     """
 
     def __init__(self, folder: Path, manifest: Manifest, device: str = "cpu", precision: str = AUTO,
                  max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None, threads: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, spill: bool = False):
         check_precision(precision)
         if tile is not None and tile < 4:
             raise SdliteError(f"tile of {tile} latent cells is too small: use at least 4")
@@ -63,6 +67,7 @@ class Codec:
         self.tile = tile
         self.threads = threads
         self.max_pixels = max_pixels
+        self.spill = spill
         self._choices: dict[str, tuple[str, GraphEntry, MemoryModel | None, Segmented | None]] = {}
         self._graphs: dict[str, Graph] = {}
         self._segments: dict[str, list[Graph]] = {}
@@ -71,16 +76,16 @@ class Codec:
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "cpu", latent_space: bytes | None = None,
              precision: str = AUTO, max_memory: int = DEFAULT_MAX_MEMORY, tile: int | None = None,
-             threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Codec:
+             threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, spill: bool = False) -> Codec:
         """A codec for a model folder, a model name under the models directory, or the only one installed
         (among several, the one whose latent space id is `latent_space`, when given)."""
         folder = find_model(model, latent_space)
-        return cls(folder, load_manifest(folder), device, precision, max_memory, tile, threads, max_pixels)
+        return cls(folder, load_manifest(folder), device, precision, max_memory, tile, threads, max_pixels, spill)
 
     def copy(self, **changes) -> Codec:
         """A codec with these settings but `changes`, which makes its own sessions (for another process)."""
         settings = dict(device=self.device, precision=self.precision, max_memory=self.max_memory, tile=self.tile,
-                        threads=self.threads, max_pixels=self.max_pixels)
+                        threads=self.threads, max_pixels=self.max_pixels, spill=self.spill)
         return Codec(self.folder, self.manifest, **{**settings, **changes})
 
     def _chosen(self, role: str) -> tuple[str, GraphEntry, MemoryModel | None, Segmented | None]:
@@ -128,21 +133,23 @@ class Codec:
         """How the encoder or decoder cuts a latent of this size into tiles; None: in one piece. The
         tiles run in step where the graph of the precision chosen was cut into segments (the export cuts
         every graph with group norms) and what they hold between segments fits the budget beside one
-        run and the picture."""
+        run and the picture, or else fits on the disk (see lockstep.py)."""
         _, _, memory, segmented = self._chosen(role)
         budget = self._network_budget(latent_height, latent_width)
+        held = segmented.held_bytes_per_cell if segmented else None
+        spill = spill_bytes() if segmented and self.spill else 0.0
         if self.tile is None:
             if memory is None:
                 return None
-            return choose_tiling(latent_height, latent_width, memory, budget,
-                                 held_bytes_per_cell=segmented.held_bytes_per_cell if segmented else None)
+            return choose_tiling(latent_height, latent_width, memory, budget, held_bytes_per_cell=held,
+                                 spill_bytes=spill)
         if max(latent_height, latent_width) <= self.tile:
             return None
-        tile, overlap = self.tile, min(DEFAULT_OVERLAP, self.tile // 4)
-        in_step = segmented is not None and fits_in_step(latent_height, latent_width, Tiling(tile, overlap),
-                                                         memory or MemoryModel(0, 0, 0),
-                                                         segmented.held_bytes_per_cell, budget)
-        return Tiling(tile, overlap, in_step)
+        tiling = Tiling(self.tile, min(DEFAULT_OVERLAP, self.tile // 4))
+        if held is None:
+            return tiling
+        return in_step_where_it_fits(latent_height, latent_width, tiling, memory or MemoryModel(0, 0, 0), held,
+                                     budget, spill)
 
     def _network_budget(self, latent_height: int, latent_width: int) -> float:
         """The bytes of --max-memory left beside the picture itself."""
@@ -171,12 +178,14 @@ class Codec:
             return self._graph(role)(array)
         tiles = cut(*grid, tiling)
         if tiling.in_step:
-            outputs = self._run_segments(role, array, tiles, input_factor)
+            spill_to = spill_folder() if tiling.spilled else None
+            outputs = self._run_segments(role, array, tiles, input_factor, spill_to)
         else:
             outputs = run_each(self._graph(role), array, tiles, input_factor)
         return blend(outputs, tiles, grid, output_factor)
 
-    def _run_segments(self, role: str, array: np.ndarray, tiles: list[Tile], input_factor: int) -> list[np.ndarray]:
+    def _run_segments(self, role: str, array: np.ndarray, tiles: list[Tile], input_factor: int,
+                      spill_to: Path | None) -> Iterator[np.ndarray]:
         segments = self._chosen(role)[3].segments
         with self._lock:
             if role not in self._segments:
@@ -187,7 +196,7 @@ class Codec:
                                               label=f"{self.folder / s.graph.file}", arena=False) for s in segments]
         return run_segments(segments, self._segments[role], [np.ascontiguousarray(tile.of(array, input_factor))
                                                              for tile in tiles],
-                            [tile.owned for tile in tiles], input_factor)
+                            [tile.owned for tile in tiles], input_factor, spill_to=spill_to)
 
     def encode(self, image: images.ImageSource, quality: float = DEFAULT_QUALITY, method: str = methods.DEFAULT_METHOD,
                size: int | None = None, bpp: float | None = None, effort: int = 0,

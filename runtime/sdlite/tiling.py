@@ -28,6 +28,7 @@ class Tiling:
     tile: int  # latent cells along a tile's side
     overlap: int  # latent cells that neighbouring tiles share at least
     in_step: bool = False  # the tiles run a graph's segments in step (lockstep.py) rather than alone
+    spilled: bool = False  # in step, with what the tiles hold between segments in files rather than memory
 
 
 @dataclass(frozen=True)
@@ -52,37 +53,50 @@ class MemoryModel:
 
 
 def choose_tiling(latent_height: int, latent_width: int, memory: MemoryModel, budget: float,
-                  overlap: int = DEFAULT_OVERLAP, held_bytes_per_cell: float | None = None) -> Tiling | None:
+                  overlap: int = DEFAULT_OVERLAP, held_bytes_per_cell: float | None = None,
+                  spill_bytes: float = 0.0) -> Tiling | None:
     """None when the whole latent fits in `budget` bytes. Otherwise, for a graph whose tiles can run in
     step (`held_bytes_per_cell` given: see lockstep.py), the largest tiles whose run in step fits, where
-    some do: smaller tiles hold less beside their run, and in step they agree with the whole run; else the
-    largest tiles that fit alone."""
+    some do: smaller tiles hold less beside their run, and in step they agree with the whole run; first
+    with what they hold in memory, then written to files where `spill_bytes` of disk can take it. Else
+    the largest tiles that fit alone."""
     if memory.peak(latent_height * latent_width) <= budget:
         return None
     side = memory.largest_side(budget)
-    if side < max(MIN_TILE, 2 * overlap):
+    smallest = max(MIN_TILE, 2 * overlap)
+    if side < smallest:
         raise SdliteError(f"--max-memory leaves {max(budget, 0) / 2**30:.2f} GiB for one network run beside the "
                           f"picture, too little for this model: "
                           f"even a {MIN_TILE}x{MIN_TILE}-cell tile needs {memory.peak(MIN_TILE**2) / 2**30:.2f} GiB")
     if held_bytes_per_cell is not None:
-        for tile in range(side, max(MIN_TILE, 2 * overlap) - 1, -1):
-            tiling = Tiling(tile, overlap, in_step=True)
-            if fits_in_step(latent_height, latent_width, tiling, memory, held_bytes_per_cell, budget):
-                return tiling
+        for spill in (0.0, spill_bytes):
+            for tile in range(side, smallest - 1, -1):
+                tiling = in_step_where_it_fits(latent_height, latent_width, Tiling(tile, overlap), memory,
+                                               held_bytes_per_cell, budget, spill)
+                if tiling.in_step:
+                    return tiling
     return Tiling(side, overlap)
 
 
-def fits_in_step(latent_height: int, latent_width: int, tiling: Tiling, memory: MemoryModel,
-                 held_bytes_per_cell: float, budget: float) -> bool:
-    """Whether these tiles, run in step, keep within `budget` bytes."""
-    return lockstep_peak(cut(latent_height, latent_width, tiling), memory, held_bytes_per_cell) <= budget
+def in_step_where_it_fits(latent_height: int, latent_width: int, tiling: Tiling, memory: MemoryModel,
+                          held_bytes_per_cell: float, budget: float, spill_bytes: float = 0.0) -> Tiling:
+    """`tiling` run in step where that keeps within `budget` bytes: with what the tiles hold between
+    segments in memory, or where only that is too much and `spill_bytes` of disk can take it, in files;
+    else run alone."""
+    tiles = cut(latent_height, latent_width, tiling)
+    if lockstep_peak(tiles, memory, held_bytes_per_cell) <= budget:
+        return Tiling(tiling.tile, tiling.overlap, in_step=True)
+    held = held_bytes_per_cell * sum(tile.area for tile in tiles)
+    if held <= spill_bytes and lockstep_peak(tiles, memory, held_bytes_per_cell, spilled=True) <= budget:
+        return Tiling(tiling.tile, tiling.overlap, in_step=True, spilled=True)
+    return Tiling(tiling.tile, tiling.overlap)
 
 
-def lockstep_peak(tiles: list[Tile], memory: MemoryModel, held_bytes_per_cell: float) -> float:
-    """Peak bytes of tiles run in step: what they all hold between segments, beside a run of the largest
-    (the whole graph's peak bounds a segment's)."""
-    areas = [tile.rows.length * tile.columns.length for tile in tiles]
-    return held_bytes_per_cell * sum(areas) + memory.peak(max(areas))
+def lockstep_peak(tiles: list[Tile], memory: MemoryModel, held_bytes_per_cell: float, spilled: bool = False) -> float:
+    """Peak bytes of tiles run in step: what they all hold between segments (only the largest tile's when
+    it is kept in files), beside a run of the largest (the whole graph's peak bounds a segment's)."""
+    largest = max(tile.area for tile in tiles)
+    return held_bytes_per_cell * (largest if spilled else sum(tile.area for tile in tiles)) + memory.peak(largest)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -124,6 +138,10 @@ class Tile:
 
     rows: Span
     columns: Span
+
+    @property
+    def area(self) -> int:
+        return self.rows.length * self.columns.length
 
     @property
     def owned(self) -> Box:
