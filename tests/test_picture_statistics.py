@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 import sdlite
-from sdlite import images
+from sdlite import images, lockstep
 from sdlite.codec import PICTURE_BYTES_PER_PIXEL
-from sdlite import lockstep
 from sdlite.lockstep import Moments, attention, owned_cells
 from sdlite.tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, cut, lockstep_peak, run_tiled
 
