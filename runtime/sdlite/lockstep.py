@@ -247,6 +247,7 @@ def owned_cells(array: np.ndarray, grid: tuple[int, int], box: Box, axis: int) -
     height, width = grid
     moved = np.moveaxis(array, axis, -1)
     cells = moved.reshape(*moved.shape[:-1], height, width)[..., top:bottom, left:right]
+    # a copy, not a view: held as the tile's part of the picture, a view would keep all of the tile's cells
     return np.ascontiguousarray(np.moveaxis(cells.reshape(*moved.shape[:-1], -1), -1, axis))
 
 

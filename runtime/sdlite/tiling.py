@@ -69,7 +69,7 @@ def choose_tiling(latent_height: int, latent_width: int, memory: MemoryModel, bu
                           f"picture, too little for this model: "
                           f"even a {MIN_TILE}x{MIN_TILE}-cell tile needs {memory.peak(MIN_TILE**2) / 2**30:.2f} GiB")
     if held_bytes_per_cell is not None:
-        for spill in (0.0, spill_bytes):
+        for spill in (0.0, spill_bytes) if spill_bytes else (0.0,):  # in memory at any size before files
             for tile in range(side, smallest - 1, -1):
                 tiling = in_step_where_it_fits(latent_height, latent_width, Tiling(tile, overlap), memory,
                                                held_bytes_per_cell, budget, spill)
