@@ -48,10 +48,30 @@ def run(*args: str, env: dict | None = None, input: bytes | None = None, cwd: Pa
                           capture_output=True, timeout=600)
 
 
-def export_model(source: Path, out: Path, *extra: str) -> Path:
-    """Run the real `python -m export build` on a local model and return the folder it wrote."""
-    result = run(sys.executable, "-m", "export", "build", "--model", str(source), "--out", str(out), *extra)
-    assert result.returncode == 0, result.stderr.decode()
+def export_command(*args: str) -> tuple[int, str]:
+    """`python -m export ARGS` run in this process, which has imported torch already (a fresh interpreter
+    spends about 7 s on the imports): its exit status and stderr. An exception other than the command's
+    own exit is what the user would see as a traceback, so it fails the test."""
+    from typer.testing import CliRunner
+
+    from export.__main__ import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stderr
+
+
+def export_process(*args: str) -> tuple[int, str]:
+    """`python -m export ARGS` in a process of its own."""
+    result = run(sys.executable, "-m", "export", *args)
+    return result.returncode, result.stderr.decode()
+
+
+def export_model(source: Path, out: Path, *extra: str, command: Callable = export_command) -> Path:
+    """Run the real export's `build` on a local model and return the folder it wrote."""
+    status, stderr = command("build", "--model", str(source), "--out", str(out), *extra)
+    assert status == 0, stderr
     folders = [p for p in out.iterdir() if (p / "manifest.json").is_file()]
     assert len(folders) == 1
     return folders[0]
@@ -89,14 +109,33 @@ def saved_vae(config: dict, seed: int) -> Callable[[Path], Path]:
     return save
 
 
-# The models that tests share, in the order the tests first need them (tiny_model, needed first of all,
-# is exported in the foreground): how each one's source is made in a folder, and the export's options.
+# The models that tests share, in the order they are exported (tiny_model, needed by most tests, is
+# exported in the foreground): how each one's source is made in a folder, and the export's options.
 SHARED_EXPORTS = {
     "other_model": (saved_vae(TINY_CONFIG, seed=1), ("--precisions", "none", "--no-gradient")),
     "sd1_model": (saved_vae(SD1_CONFIG, seed=0), ("--precisions", "none", "--no-gradient")),
     "taef2_model": (lambda folder: TAEF2, ("--precisions", "int8")),  # fp16 is for CUDA
     "tae_model": (lambda folder: save_random_tae(folder, 4, pooled=False) / "tiny_encoder.pth", ("--no-gradient",)),
 }
+
+
+# Fixtures that use a shared export without being named for it.
+USES_EXPORT = {"taef2_model_if_here": "taef2_model"}
+
+
+def exports_used(item: pytest.Item) -> set[str]:
+    """By fixture name, or by the name that a test parametrised over fixtures asks for."""
+    names = set(item.fixturenames)
+    if hasattr(item, "callspec"):
+        names |= {value for value in item.callspec.params.values() if isinstance(value, str)}
+    return {USES_EXPORT.get(name, name) for name in names} & SHARED_EXPORTS.keys()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that need shared exports run after the others, in the exports' order: they then find their
+    model made, instead of waiting for it while a core stands idle."""
+    turn = {name: position for position, name in enumerate(SHARED_EXPORTS, start=1)}
+    items.sort(key=lambda item: max((turn[name] for name in exports_used(item)), default=0))
 
 
 class BackgroundExports:
@@ -110,6 +149,7 @@ class BackgroundExports:
         self._tmp_path_factory = tmp_path_factory
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._queued: dict[str, tuple[Future, Callable[[], Path]]] = {}
+        self._made: dict[str, Path] = {}
         for name in SHARED_EXPORTS:
             if name in wanted and (name != "taef2_model" or TAEF2.is_dir()):
                 export = self._export(name)
@@ -118,13 +158,18 @@ class BackgroundExports:
     def _export(self, name: str) -> Callable[[], Path]:
         make_source, options = SHARED_EXPORTS[name]
         root = self._tmp_path_factory.mktemp(name)
-        return functools.partial(export_model, make_source(root / "source"), root / "models", *options)
+        # In processes of their own: torch's exporter must not trace on this thread while a test traces on another.
+        return functools.partial(export_model, make_source(root / "source"), root / "models", *options,
+                                 command=export_process)
 
     def model(self, name: str) -> Path:
-        if name not in self._queued:
-            return self._export(name)()
-        future, export = self._queued[name]
-        return export() if future.cancel() else future.result()
+        if name not in self._made:
+            if name in self._queued:
+                future, export = self._queued[name]
+                self._made[name] = export() if future.cancel() else future.result()
+            else:
+                self._made[name] = self._export(name)()
+        return self._made[name]
 
     def close(self) -> None:
         self._pool.shutdown(cancel_futures=True)
@@ -132,7 +177,7 @@ class BackgroundExports:
 
 @pytest.fixture(scope="session", autouse=True)
 def shared_exports(request, tmp_path_factory, session_cache) -> BackgroundExports:
-    exports = BackgroundExports(tmp_path_factory, {name for item in request.session.items for name in item.fixturenames})
+    exports = BackgroundExports(tmp_path_factory, {name for item in request.session.items for name in exports_used(item)})
     yield exports
     exports.close()
 
@@ -155,6 +200,12 @@ def tae_model(shared_exports) -> Path:
     variants: convolutions only (no norms, no attention), so every output sees a bounded neighbourhood
     and tiles can agree with the whole picture."""
     return shared_exports.model("tae_model")
+
+
+@pytest.fixture(scope="session")
+def taef2_model_if_here(shared_exports) -> Path | None:
+    """The real TAEF2's export where its weights are here, else None: for tests that then make a random model."""
+    return shared_exports.model("taef2_model") if TAEF2.is_dir() else None
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from sdlite import effort, images, methods
 from sdlite.container import SdcFile
 from sdlite.inference import Graph
 
-from conftest import run
+from conftest import TAEF2, run
 from pictures import photo, psnr
 from test_torch_free import BLOCK_TORCH
 
@@ -41,15 +41,22 @@ def assert_matches_torch_autograd(graph_path, decoder: torch.nn.Module, channels
     assert not operators & {"ScatterND", "ScatterElements"}
 
 
-def test_a_tiny_autoencoder_s_gradient_graph_matches_torch_autograd(tmp_path):
+def test_a_tiny_autoencoder_s_gradient_graph_matches_torch_autograd(taef2_model_if_here, tmp_path):
+    """The real TAEF2's gradient graph, which the suite exports anyway, where it is here; else a random pooled
+    decoder's, exported here."""
     from export import tae
     from export.graphs import DecoderGraph
+    from export.sources import load_model
     from export.vjp import export_vjp_graph
 
-    torch.manual_seed(0)
-    decoder = DecoderGraph(tae.Decoder(8, pooled=True).eval(), 1.0, 0.0).eval()
-    export_vjp_graph(decoder, torch.randn(1, 8, 4, 4), torch.rand(1, 3, 32, 32), tmp_path / "vjp.onnx")
-    assert_matches_torch_autograd(tmp_path / "vjp.onnx", decoder, 8)
+    if taef2_model_if_here is not None:
+        decoder, channels = load_model(str(TAEF2)).decoder_graph(), 32
+        graph = taef2_model_if_here / "decoder_vjp.onnx"
+    else:
+        torch.manual_seed(0)
+        decoder, channels, graph = DecoderGraph(tae.Decoder(8, pooled=True).eval(), 1.0, 0.0), 8, tmp_path / "vjp.onnx"
+        export_vjp_graph(decoder, torch.randn(1, 8, 4, 4), torch.rand(1, 3, 32, 32), graph)
+    assert_matches_torch_autograd(graph, decoder, channels)
 
 
 def test_the_exported_vae_s_gradient_graph_matches_torch_autograd(tiny_model, tiny_vae_folder):
