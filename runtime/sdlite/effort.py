@@ -32,8 +32,6 @@ RATE_SLOPE = 1.0
 SMOOTHING = 0.5  # pseudo-count of every level, as an adaptive model starts with a count for each
 
 Progress = Callable[[int, int], None]
-# levels (channels, height, width) -> (estimated bits, d bits / d level for each element)
-RateEstimate = Callable[[np.ndarray], tuple[float, np.ndarray]]
 # latent -> (its reconstruction after quantization, the levels coded)
 Quantize = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
@@ -75,14 +73,12 @@ class LatentSearch:
     per latent unit.
     """
 
-    def __init__(self, gradient: Graph, target: np.ndarray, quantize: Quantize, steps: np.ndarray, pixels: int,
-                 rate: RateEstimate = histogram_rate):
+    def __init__(self, gradient: Graph, target: np.ndarray, quantize: Quantize, steps: np.ndarray, pixels: int):
         self.gradient = gradient
         self.target = target  # the padded picture, NCHW in [0, 1]
         self.quantize = quantize
         self.steps = np.asarray(steps, dtype=np.float32).reshape(-1, 1, 1)
         self.pixels = pixels
-        self.rate = rate
 
     def objective(self, latent: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
         """Distortion and estimated bits of the quantized latent, and their gradients (straight through
@@ -90,7 +86,7 @@ class LatentSearch:
         reconstruction, levels = self.quantize(latent)
         image, distortion_gradient = self.gradient(reconstruction[None], self.target)
         distortion = float(np.mean((image - self.target) ** 2, dtype=np.float64))
-        bits, bits_per_level = self.rate(levels)
+        bits, bits_per_level = histogram_rate(levels)
         return distortion, bits, distortion_gradient[0], bits_per_level / self.steps
 
     def run(self, latent: np.ndarray, steps: int, progress: Progress | None = None) -> SearchResult:

@@ -241,33 +241,3 @@ def _centroid_offsets(levels: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     shortfall = np.where(nonzero, np.abs(levels) - np.abs(residuals), 0).sum(axis=(1, 2))
     count = np.maximum(nonzero.sum(axis=(1, 2)), 1)
     return np.clip(np.rint(shortfall / count * OFFSET_UNIT), 0, OFFSET_UNIT // 2).astype(np.uint8)
-
-
-def estimated_bits(latent, step: float, model: PredictiveModel, xp=np):
-    """A differentiable estimate of the bits the coder spends on each latent element (same shape as
-    `latent`), for optimising a latent against its rate. `xp` is the array namespace (numpy, or torch
-    with `latent` a tensor); `model` gives the taps, means and channel steps (PredictiveModel.quantize).
-
-    The residual of the open-loop prediction (from the unquantized row above, which the closed loop
-    approaches as the step shrinks) is priced under a Laplace law per channel whose scale is the
-    residual's mean magnitude: -log2 P(the residual's quantization interval), intervals one step wide.
-    """
-    steps = quantizer.channel_steps(step, model.step_codes).astype(np.float32)[:, None, None]
-    means = (model.means.astype(np.float32) / MEAN_UNIT)[:, None, None]
-    taps = model.weights.astype(np.float32) / WEIGHT_UNIT
-    centred = latent - xp.asarray(means)
-    above = centred[:, :-1]
-    left = xp.concatenate([above[:, :, :1], above[:, :, :-1]], 2)
-    right = xp.concatenate([above[:, :, 1:], above[:, :, -1:]], 2)
-    prediction = (xp.asarray(taps[:, 0, None, None]) * left + xp.asarray(taps[:, 1, None, None]) * above
-                  + xp.asarray(taps[:, 2, None, None]) * right)
-    residual = xp.concatenate([centred[:, :1], centred[:, 1:] - prediction], 1) / xp.asarray(steps)
-    magnitude = xp.abs(residual)
-    scale = xp.mean(magnitude, axis=(1, 2), keepdims=True) + 0.05
-
-    def upper_tail(x):  # 2 P(R >= x) for R ~ Laplace(scale): exp(-x/scale) for x >= 0, 2 - exp(x/scale) below
-        decay = xp.exp(-xp.abs(x) / scale)
-        return xp.where(x >= 0, decay, 2 - decay)
-
-    probability = (upper_tail(magnitude - 0.5) - upper_tail(magnitude + 0.5)) / 2
-    return -xp.log2(xp.clip(probability, 1e-9, None))
