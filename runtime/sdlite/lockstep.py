@@ -256,12 +256,12 @@ def attention(queries: np.ndarray, cells: Iterable[tuple[np.ndarray, np.ndarray]
     the keys already transposed (as the export computes it). The softmax runs part by part with a
     running maximum and sum, a few rows at a time: a tile's scores against a 4096x4096 picture's
     keys at once would take 16 GB."""
-    rows = queries.astype(np.float32)
+    rows = queries.astype(np.float32, copy=False)  # float32 graphs' tensors already are: no copy per tile
     highest = np.full((*rows.shape[:-1], 1), -np.inf, np.float32)
     total = np.zeros_like(highest)
     result = None
     for keys, values in cells:
-        keys, values = keys.astype(np.float32), values.astype(np.float32)
+        keys, values = keys.astype(np.float32, copy=False), values.astype(np.float32, copy=False)
         if result is None:
             result = np.zeros((*rows.shape[:-1], values.shape[-1]), np.float32)
         step = max(1, SCORES_BYTES // (4 * keys.shape[-1]))
