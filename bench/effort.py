@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="only the first N pictures (0: all)")
     parser.add_argument("--qualities", default="5,20,35,50")
     parser.add_argument("--efforts", default="0,1,2,3,5")
-    parser.add_argument("--method", default=methods.DEFAULT_METHOD, help="coding method (uniform or predictive)")
+    parser.add_argument("--method", default="predictive", help="coding method (uniform or predictive)")
     parser.add_argument("--out", type=Path, help="also write the report here (markdown)")
     args = parser.parse_args()
 

@@ -348,7 +348,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         model = Path(args.model) if args.model else build_tiny_model(Path(scratch))
         codec = sdlite.Codec.load(model, max_pixels=FUZZ_MAX_PIXELS, threads=1)
-        codec.decoder  # loaded before the memory limit, which is for what the inputs make us allocate
+        codec.networks.decoder  # loaded before the memory limit, which is for what the inputs make us allocate
         resource.setrlimit(resource.RLIMIT_AS, (args.memory_limit_mb << 20, resource.RLIM_INFINITY))
         heartbeat = [time.perf_counter()]
         watchdog(3 * args.timeout, heartbeat)

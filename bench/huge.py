@@ -42,9 +42,9 @@ def main(folder: Path, precision: str, max_memory: int, side: int = SIDE, qualit
     decoded = codec.decode(data)
     finished = time.perf_counter()
     quality_db = psnr_8bit(decoded, image)
-    line = (f"{side}x{side} {folder.name} {codec.precision_of('encoder')}/{codec.precision_of('decoder')}, "
-            f"--max-memory {max_memory / 2**30:g} GiB: encoder tiles {codec.tiling('encoder', latent_side, latent_side)}, "
-            f"decoder tiles {codec.tiling('decoder', latent_side, latent_side)}; encode {encoded - started:.0f} s, "
+    line = (f"{side}x{side} {folder.name} {codec.networks.precision_of('encoder')}/{codec.networks.precision_of('decoder')}, "
+            f"--max-memory {max_memory / 2**30:g} GiB: encoder tiles {codec.networks.tiling('encoder', latent_side, latent_side)}, "
+            f"decoder tiles {codec.networks.tiling('decoder', latent_side, latent_side)}; encode {encoded - started:.0f} s, "
             f"decode {finished - encoded:.0f} s, {len(data)} bytes, PSNR {quality_db:.2f} dB against the input, "
             f"peak RSS {peak_rss() / 2**30:.2f} GiB")
     print(line, file=sys.stderr)
@@ -72,7 +72,7 @@ def agreement(folder: Path, precision: str, tile: int | None, side: int | None =
     import sdlite
     from sdlite import images
     from sdlite.codec import DEFAULT_MAX_MEMORY
-    from sdlite.tiling import run_tiled
+    from sdlite.networks.tiling import run_tiled
 
     whole = sdlite.Codec.load(folder, precision=precision, max_memory=1 << 50)
     tiled = sdlite.Codec.load(folder, precision=precision, tile=tile, max_memory=max_memory or DEFAULT_MAX_MEMORY,

@@ -22,9 +22,9 @@ def main() -> None:
     args = parser.parse_args()
     codec = sdlite.Codec.load(args.model, max_pixels=args.side**2)
     factor, channels = codec.manifest.downsampling_factor, codec.manifest.latent_channels
-    codec.decoder  # the graph's own memory is not the picture's
+    codec.networks.decoder  # the graph's own memory is not the picture's
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    codec.decoder(np.zeros((1, channels, args.side // factor, args.side // factor), np.float32))
+    codec.networks.decoder(np.zeros((1, channels, args.side // factor, args.side // factor), np.float32))
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     print(f"{codec.manifest.name}: decoding {args.side}x{args.side} raised the peak resident memory by "
           f"{grown / 2**20:.0f} MB, {grown / args.side**2:.0f} bytes per pixel")

@@ -1,7 +1,7 @@
 """`python -m bench rd`: rate against distortion of sdlite's methods and the classic codecs.
 
-Per image: sdlite's default method (predictive) and the naive baseline (uniform) at each target bpp
-through `--size` rate control (so each point is the largest file not above the target), the palette
+Per image: sdlite's learned method (where the model has a latent codec), the predictive method and the
+naive baseline (uniform) at each target bpp through `--size` rate control (so each point is the largest file not above the target), the palette
 method at 256, 128 and 64 entries, and JPEG, WebP, AVIF (Pillow) and JPEG XL (pillow-jxl-plugin) over a
 sweep of their quality settings. Every point is decoded and scored (PSNR, MS-SSIM, SSIMULACRA2,
 butteraugli). Results go to bench/results/rd/: rd.csv (every point), rd.md (tables at fixed bpp, the
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "kodak"
 DEFAULT_MODEL = ROOT / "models" / "taef2"
 DEFAULT_OUT = ROOT / "bench" / "results" / "rd"
-TARGETS_BPP = (0.05, 0.1, 0.2, 0.3, 0.45, 0.6)
+TARGETS_BPP = (0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)
 # Encoder efforts take seconds a step on a whole Kodak picture: their curves cover the range where
 # sdlite meets JPEG, which is also where they overlap effort 0's for the BD-rate.
 EFFORT_TARGETS_BPP = (0.2, 0.3, 0.45)
@@ -55,7 +55,8 @@ METRICS = {  # name: (label, higher is better)
     "ssimulacra2": ("SSIMULACRA2", True),
     "butteraugli": ("butteraugli (max-norm)", False),
 }
-METHOD_ORDER = ("predictive", "uniform", "palette", "jpeg", "webp", "avif", "jxl")
+METHOD_ORDER = ("learned", "predictive", "uniform", "palette", "jpeg", "webp", "avif", "jxl")
+STEPPED = ("learned", "predictive", "uniform")  # the methods measured at each target bpp
 
 _codec: Codec | None = None
 
@@ -87,8 +88,8 @@ def measure_image(job: tuple[Path, Path, bool, tuple[float, ...], tuple[int, ...
     started = time.perf_counter()
     latent = codec.encode_latent(picture)
     encoder_seconds = time.perf_counter() - started
-    for name in ("predictive", "uniform"):
-        coder = methods.by_name(name)
+    for name in [m for m in STEPPED if methods.by_name(m).available_for(codec.manifest)]:
+        coder = codec.method(name)
         for target in targets:
             budget = int(target * pixels / 8)
             started = time.perf_counter()
@@ -105,7 +106,7 @@ def measure_image(job: tuple[Path, Path, bool, tuple[float, ...], tuple[int, ...
         for target in [t for t in targets if t in EFFORT_TARGETS_BPP]:
             started = time.perf_counter()
             try:
-                data = codec.encode(picture, bpp=target, effort=effort)
+                data = codec.encode(picture, method="predictive", bpp=target, effort=effort)
             except SdliteError:
                 continue
             encode_seconds = time.perf_counter() - started
@@ -117,7 +118,7 @@ def measure_image(job: tuple[Path, Path, bool, tuple[float, ...], tuple[int, ...
                    decode_s=time.perf_counter() - started)
     for quality in PALETTE_QUALITIES:
         started = time.perf_counter()
-        data = codec.pack(latent, width, height, quality, methods.by_name("palette"))
+        data = codec.pack(latent, width, height, quality, codec.method("palette"))
         encode_seconds = encoder_seconds + time.perf_counter() - started
         started = time.perf_counter()
         decoded = codec.decode(data)
@@ -280,7 +281,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-perceptual", action="store_true", help="PSNR and MS-SSIM only (fast)")
     parser.add_argument("--jobs", type=int, default=min(2, multiprocessing.cpu_count()))
     parser.add_argument("--efforts", default="",
-                        help="also the default method at these encoder efforts, e.g. 1,3 (slow: whole encodes)")
+                        help="also the predictive method at these encoder efforts, e.g. 1,3 (slow: whole encodes)")
     args = parser.parse_args(argv)
     efforts = tuple(int(e) for e in args.efforts.split(",") if e)
     if not (args.model / "manifest.json").is_file():

@@ -45,6 +45,10 @@ def build_command(
                                     "each latent channel's importance (default: made-up pictures)."),
     gradient: bool = typer.Option(True, "--gradient/--no-gradient",
                                   help="Also write the decoder's gradient graph, which encoder efforts above 0 need."),
+    latent_codec: Optional[str] = typer.Option(
+        None, "--latent-codec",
+        help="Trained latent codec weights (train-codec's latent_codec.safetensors) for the learned method, or "
+             "'none' (default: the one shipped for this latent space, if any)."),
 ) -> None:
     """Export a VAE's encoder and decoder, verify them, and write models/<name>/."""
     chosen = tuple(p for p in precisions.split(",") if p and p != "none")
@@ -53,10 +57,45 @@ def build_command(
             raise SdliteError(f"--precisions {precisions}: choose from {', '.join(BUILDERS)} or none")
         if calibration is not None and not calibration.is_dir():
             raise SdliteError(f"--calibration {calibration}: not a folder")
-        build(model, name, out, latent_space, scaling_factor, tolerance, chosen, calibration, gradient)
+        codec_weights = True if latent_codec is None else False if latent_codec == "none" else Path(latent_codec)
+        if isinstance(codec_weights, Path) and not codec_weights.is_file():
+            raise SdliteError(f"--latent-codec {latent_codec}: no such file")
+        build(model, name, out, latent_space, scaling_factor, tolerance, chosen, calibration, gradient, codec_weights)
     except SdliteError as exc:
         print(f"export: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
+
+
+@app.command("train-codec")
+def train_codec_command(
+    model: Path = typer.Option(..., "--model", "-m", help="An exported model folder (its encoder and decoder graphs)."),
+    images: Path = typer.Option(..., "--images", help="Folder of training photos; every tenth is held out."),
+    out: Path = typer.Option(..., "--out", help="Folder for the latent cache, checkpoint, loss log and weights."),
+    steps: int = typer.Option(16000, "--steps", help="Optimisation steps in all (a resumed run counts on)."),
+    batch: int = typer.Option(8, "--batch", help="Latent crops per step."),
+    crop: int = typer.Option(32, "--crop", help="Side of a latent crop, in latent cells (a multiple of 8)."),
+    seed: int = typer.Option(0, "--seed"),
+    learning_rate: float = typer.Option(5e-4, "--learning-rate"),
+    lowest_lambda: float = typer.Option(1e-5, "--lowest-lambda", help="Rate-distortion weight of the coarsest level."),
+    highest_lambda: float = typer.Option(1e-2, "--highest-lambda", help="... and of the finest."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda when there is one)."),
+    install: bool = typer.Option(True, "--install/--no-install",
+                                 help="Add the trained codec to the model folder (its learned method)."),
+) -> None:
+    """Train the latent codec (analysis, synthesis and hyperprior) for an exported model; resumable."""
+    from .train_codec import train
+
+    try:
+        if crop % 8 or crop < 8:
+            raise SdliteError(f"--crop {crop}: use a multiple of 8")
+        if not images.is_dir():
+            raise SdliteError(f"--images {images}: not a folder")
+        path = train(model, images, out, steps, batch, crop, seed, learning_rate, lowest_lambda, highest_lambda,
+                     device, install)
+    except SdliteError as exc:
+        print(f"export: error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from sdlite.inference import Graph as Runner
+from sdlite.networks.inference import Graph as Runner
 from sdlite.manifest import MANIFEST_NAME, Graph, Manifest, Segmented, file_sha256
 
 from .graphs import DECODER_IO, ENCODER_IO, export_graph
+from .latent_codec_export import check_round_trip, export_latent_codec, runner_for, shipped_for
 from .calibration import load_photos
 from .memory import memory_model
 from .precision import build_variant, pictures_for, timed
@@ -41,7 +42,9 @@ def progress(step: int, total: int, message: str) -> None:
 
 def build(model: str, name: str | None, out: Path, latent_space: str | None, scaling_factor: float | None,
           tolerance: float, precisions: tuple[str, ...] = (), calibration: Path | None = None,
-          gradient: bool = True) -> Path:
+          gradient: bool = True, latent_codec: Path | None | bool = True) -> Path:
+    """`latent_codec`: the trained latent codec's weights to export with the model; True for the one
+    shipped for this latent space if there is one, False for none."""
     started = time.perf_counter()
     quiet_libraries()
     steps = 8 + len(precisions)
@@ -83,6 +86,17 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         progress(6, steps, f"measuring channel sensitivities on {calibration or 'dead-leaves pictures'}")
         sensitivity = channel_sensitivity(encoder, decoder, calibration_pictures(photos, factor), channels)
 
+        space = latent_space or loaded.latent_space
+        weights = shipped_for(space) if latent_codec is True else latent_codec or None
+        codec_entry = None
+        if weights is not None:
+            progress(6, steps, f"exporting the latent codec {weights.name}")
+            with torch.no_grad():
+                latents = [encoder(picture) for picture in calibration_pictures(photos, factor)]
+            codec_entry = export_latent_codec(weights, staging, latents, decoder if gradient else None)
+            verification["latent_codec_psnr_db"] = round(check_round_trip(
+                staging, codec_entry, latents[0][0].numpy(), runner_for(staging, codec_entry)), 2)
+
         progress(7, steps, "measuring speed and memory")
         io_names = {"encoder": ENCODER_IO, "decoder": DECODER_IO}
         runners = {role: Runner(staging / f"{role}.onnx", "cpu", *io_names[role]) for role in io_names}
@@ -117,7 +131,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
         manifest = Manifest(
             name=folder.name,
             source=loaded.source,
-            latent_space=latent_space or loaded.latent_space,
+            latent_space=space,
             latent_channels=channels,
             downsampling_factor=factor,
             scaling_factor=loaded.scaling_factor,
@@ -131,6 +145,7 @@ def build(model: str, name: str | None, out: Path, latent_space: str | None, sca
             versions={package: version(package) for package in
                       ("sdlite", "torch", "diffusers", "onnx", "onnxscript", "onnxruntime")},
             variants=variants,
+            latent_codec=codec_entry,
         )
         (staging / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         os.chmod(staging, 0o755)

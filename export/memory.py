@@ -2,7 +2,7 @@
 
 Peak RSS is measured in fresh processes at two tile sizes, one run each, and fitted with fixed + linear *
 cells. One run tells what a tiled picture's many runs take: without onnxruntime's memory pattern (see
-sdlite.inference.session_options) later runs reuse the first run's arena chunks (measured on the random
+sdlite.networks.inference.session_options) later runs reuse the first run's arena chunks (measured on the random
 SD decoder at 16, 32 and 56 cells and its encoder: the same peak after one run as after three).
 Attention is quadratic in the cells, and at the small sizes that can be run quickly it is lost in the
 noise, so its term is counted instead: the elements of every Softmax (the attention scores) per
@@ -26,7 +26,7 @@ ATTENTION_COPIES = 3
 _PEAK_RSS = """
 import resource, sys, numpy as np
 from pathlib import Path
-from sdlite.inference import Graph
+from sdlite.networks.inference import Graph
 path, name, channels, height, width = sys.argv[1:]
 graph = Graph(Path(path), "cpu", name, "-")
 graph.session.run(None, {name: np.zeros((1, int(channels), int(height), int(width)), np.float32)})

@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 
 from sdlite.errors import SdliteError
-from sdlite.inference import Graph
+from sdlite.networks.inference import Graph
 from sdlite.manifest import Graph as GraphEntry
 from sdlite.manifest import Variant, file_sha256
-from sdlite.precision import ACCEPTABLE_PSNR_DB
+from sdlite.networks.precision import ACCEPTABLE_PSNR_DB
 
 from .calibration import center_crop
 

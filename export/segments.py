@@ -171,8 +171,8 @@ def check_segments(segments: list[Segment], folder: Path, source: Path, names: t
     check's record and the most bytes of tensors held between two segments at once, per latent cell
     (what the runtime holds per tile)."""
     from sdlite.errors import SdliteError
-    from sdlite.lockstep import run_segments
-    from sdlite.inference import Graph as Runner
+    from sdlite.networks.lockstep import run_segments
+    from sdlite.networks.inference import Graph as Runner
 
     runners = [Runner(folder / s.graph.file, "cpu", s.graph.input, s.graph.output) for s in segments]
     peak = [0]

@@ -9,7 +9,7 @@ import onnx
 import torch
 
 from sdlite.errors import SdliteError
-from sdlite.inference import Graph
+from sdlite.networks.inference import Graph
 
 # |onnx - torch| may not exceed this times max(1, max |torch|): float32 reordering costs about 1e-5.
 DEFAULT_TOLERANCE = 1e-3

@@ -89,6 +89,26 @@ def tiny_model(tiny_vae_folder, tmp_path_factory) -> Path:
     return export_model(tiny_vae_folder, tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="session")
+def learned_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a latent codec trained on it for a few steps by `python -m export train-codec`."""
+    import shutil
+
+    from pictures import photo
+
+    root = tmp_path_factory.mktemp("learned")
+    folder = root / "models" / "tiny"
+    shutil.copytree(tiny_model, folder)
+    photos = root / "photos"
+    photos.mkdir()
+    for seed in range(10):
+        photo(72, 56, seed).save(photos / f"{seed}.png")
+    status, stderr = export_command("train-codec", "--model", str(folder), "--images", str(photos), "--out",
+                                    str(root / "training"), "--steps", "4", "--batch", "2", "--crop", "8")
+    assert status == 0, stderr
+    return folder
+
+
 def save_random_tae(folder: Path, latent_channels: int, pooled: bool, seed: int = 0) -> Path:
     """A random tiny autoencoder in the TAESD/TAEF2 checkpoint layout: a tiny_encoder.pth/tiny_decoder.pth pair."""
     import torch

@@ -9,6 +9,8 @@ complete. Section numbers below refer to docs/FORMAT.md.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import struct
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -62,16 +64,36 @@ def crc32(data: bytes) -> int:
 
 @dataclass(frozen=True)
 class Model:
-    """What a decoder takes from the model's manifest."""
+    """What a decoder takes from the model's manifest (and, for method 3, its latent codec's arrays)."""
 
     latent_space_id: bytes
     channels: int
     downsampling_factor: int
+    latent_codec: dict | None = None
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> Model:
+    def from_manifest(cls, manifest: dict, folder=None) -> Model:
+        codec = manifest.get("latent_codec")
+        arrays = read_safetensors((folder / codec["file"]).read_bytes()) if codec and folder else None
         return cls(latent_space_id(manifest["latent_space"]), manifest["latent_channels"],
-                   manifest["downsampling_factor"])
+                   manifest["downsampling_factor"], arrays)
+
+
+SAFETENSORS_DTYPES = {"I8": "<i1", "I64": "<i8", "F32": "<f4"}
+
+
+def read_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """METHODS.md method 3: an 8-byte header length, a JSON header, then the arrays' bytes."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    body = data[8 + length :]
+    arrays = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        arrays[name] = np.frombuffer(body[start:end], SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -153,7 +175,7 @@ def check_fits(container: Container, model: Model) -> None:
 def decode(data: bytes, model: Model) -> Decoded:
     container = read_container(bytes(data))
     check_fits(container, model)
-    levels, latent = METHODS[container.method](container)
+    levels, latent = METHODS[container.method](container, model)
     return Decoded(container.width, container.height, levels, latent)
 
 
@@ -229,7 +251,7 @@ def _unzigzag(value: int) -> int:
     return value >> 1 if value % 2 == 0 else -((value + 1) >> 1)
 
 
-def decode_method_0(container: Container) -> tuple[np.ndarray, np.ndarray]:
+def decode_method_0(container: Container, model: Model) -> tuple[np.ndarray, np.ndarray]:
     """Section 3: uniform step, adaptive categorical range coding."""
     channels, height, width = container.latent_shape
     values = _read_varints(container.model_block, 2 * channels)
@@ -266,4 +288,87 @@ def decode_method_0(container: Container) -> tuple[np.ndarray, np.ndarray]:
     return levels, latent
 
 
-METHODS = {0: decode_method_0}
+HYPER_RANGE = 24
+UNIFORM_CUMULATIVE = lazy_categorical_cumulative([1.0] * (2 * LARGEST_LEVEL + 1))
+
+
+def _decode_run(decoder: RangeDecoder, frequencies: np.ndarray, lowest: int, count: int) -> list[int]:
+    """METHODS.md 'Coding with a table': count symbols, then each escaped value uniformly, in order."""
+    cumulative = lazy_categorical_cumulative([float(f) for f in frequencies])
+    escape = len(frequencies) - 1
+    symbols = [decoder.decode(cumulative) for _ in range(count)]
+    values = [lowest + s for s in symbols]
+    for position, symbol in enumerate(symbols):
+        if symbol == escape:
+            values[position] = decoder.decode(UNIFORM_CUMULATIVE) - LARGEST_LEVEL
+    return values
+
+
+def _integer_layer(x: np.ndarray, arrays: dict, number: int) -> np.ndarray:
+    weight = arrays[f"hyper_synthesis.{number}.weight"].astype(np.int64)
+    bias = arrays[f"hyper_synthesis.{number}.bias"].astype(np.int64)
+    multiplier = arrays[f"hyper_synthesis.{number}.multiplier"].astype(np.int64)
+    shift, relu, upsample = (int(v) for v in arrays[f"hyper_synthesis.{number}.flags"])
+    outputs, inputs, kernel, _ = weight.shape
+    pad = kernel // 2
+    channels, height, width = x.shape
+    padded = np.zeros((channels, height + 2 * pad, width + 2 * pad), np.int64)
+    padded[:, pad : pad + height, pad : pad + width] = x
+    sums = np.zeros((outputs, height, width), np.int64) + bias[:, None, None]
+    for dy in range(kernel):
+        for dx in range(kernel):
+            window = padded[:, dy : dy + height, dx : dx + width]
+            sums += np.einsum("oi,ihw->ohw", weight[:, :, dy, dx], window)  # int64: exact
+    out = (sums * multiplier[:, None, None] + (1 << (shift - 1))) >> shift  # >> on int64 floors
+    out = np.clip(out, 0, 32767) if relu else np.clip(out, -(1 << 24), 1 << 24)
+    if upsample:
+        out = out.reshape(-1, 2, 2, height, width).transpose(0, 3, 1, 4, 2).reshape(-1, 2 * height, 2 * width)
+    return out
+
+
+def decode_method_3(container: Container, model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """METHODS.md method 3: learned, mean-scale hyperprior with integer hyper-synthesis."""
+    arrays = model.latent_codec
+    if arrays is None:
+        raise FormatError("the model has no latent codec")
+    if len(container.model_block) != 2:
+        raise FormatError("the model block is not 2 bytes")
+    level_code = _u16(container.model_block, 0)
+    log_inverse_gain = arrays["log_inverse_gain"].astype(np.float64)
+    levels_count, code_channels = log_inverse_gain.shape
+    if level_code > (levels_count - 1) * 4096:
+        raise FormatError("the rate level is beyond the model's levels")
+    if len(container.payload) % 4:
+        raise FormatError("the payload is not a whole number of words")
+    _, height, width = container.latent_shape
+    padded_height, padded_width = 8 * -(-height // 8), 8 * -(-width // 8)
+    decoder = RangeDecoder([_u32(container.payload, o) for o in range(0, len(container.payload), 4)])
+    hyper = arrays["hyper_frequencies"]
+    z = np.array([_decode_run(decoder, row, -HYPER_RANGE, padded_height * padded_width // 64) for row in hyper],
+                 np.int64).reshape(len(hyper), padded_height // 8, padded_width // 8)
+    x, number = z, 0
+    while f"hyper_synthesis.{number}.weight" in arrays:
+        x = _integer_layer(x, arrays, number)
+        number += 1
+    mean, log_scale = x[:code_channels], x[code_channels:]
+    index = np.searchsorted(arrays["scale_thresholds"], log_scale, side="right")
+    tails = [math.ceil(8.0 * math.exp(math.log(0.11) + k * (math.log(64.0) - math.log(0.11)) / 63)) + 1
+             for k in range(64)]
+    tables = np.split(arrays["scale_frequencies"], np.cumsum([2 * t + 2 for t in tails])[:-1])
+    flat_index, flat_levels = index.ravel(), np.zeros(index.size, np.int64)
+    for k in range(64):
+        where = np.flatnonzero(flat_index == k)
+        if where.size:
+            flat_levels[where] = _decode_run(decoder, tables[k], -tails[k], where.size)
+    if not decoder.exhausted():
+        raise FormatError("payload words left unread")
+    levels = flat_levels.reshape(index.shape).astype(np.int32)
+    code = levels.astype(np.float32) + mean.astype(np.float32) / np.float32(64)
+    level = level_code / 4096
+    low = min(int(level), levels_count - 2)
+    fraction = level - low
+    gain = np.exp(log_inverse_gain[low] * (1 - fraction) + log_inverse_gain[low + 1] * fraction).astype(np.float32)
+    return levels, code * gain[:, None, None]
+
+
+METHODS = {0: decode_method_0, 3: decode_method_3}

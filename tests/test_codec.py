@@ -12,8 +12,9 @@ from PIL import Image
 import sdlite
 from sdlite.container import SdcFile
 
-from sdlite import images, quantizer
-from sdlite.entropy import AdaptiveCategorical
+from sdlite import images
+from sdlite.methods import quantizer
+from sdlite.methods.uniform import AdaptiveCategorical
 
 from pictures import photo, psnr
 
@@ -93,7 +94,7 @@ def test_decoding_is_deterministic_and_repeatable(codec):
 @pytest.mark.parametrize("quality", [0, 30, 100])
 def test_the_stored_latent_is_within_half_a_step_of_the_encoders(codec, quality):
     image = photo(64, 48)
-    latent = codec.encoder(images.to_array(image, 8))[0]
+    latent = codec.networks.encoder(images.to_array(image, 8))[0]
     sdc = SdcFile.from_bytes(codec.encode(image, quality=quality, method="uniform"))
     levels = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape).decompress(sdc.payload, sdc.latent_shape)
     error = np.abs(quantizer.dequantize(levels, sdc.step) - latent)
@@ -104,7 +105,7 @@ def test_a_finer_step_decodes_closer_to_the_unquantized_latent(codec):
     # With random weights the picture is no likeness, but the decode of a finer latent must come
     # closer to the decode of the exact latent: proof that the whole chain fits together.
     image = photo(64, 48)
-    exact = images.from_array(codec.decoder(codec.encoder(images.to_array(image, 8))), 64, 48)
+    exact = images.from_array(codec.networks.decoder(codec.networks.encoder(images.to_array(image, 8))), 64, 48)
     fine, coarse = (codec.decode(codec.encode(image, quality=q)) for q in (100, 10))
     assert psnr(fine, exact) > psnr(coarse, exact)
 

@@ -11,9 +11,10 @@ import onnxruntime
 import pytest
 
 import sdlite
-from sdlite import images, quantizer
+from sdlite import images
+from sdlite.methods import quantizer
 from sdlite.container import SdcFile
-from sdlite.entropy import AdaptiveCategorical
+from sdlite.methods.uniform import AdaptiveCategorical
 
 from conftest import run
 from pictures import photo
@@ -34,7 +35,7 @@ def test_the_encoder_latent_is_bitwise_the_same_at_every_thread_count(codecs, sd
     for group, sizes in ((codecs, [p.size for p in PICTURES]), (big, [(96, 64)])):
         for size in sizes:
             pixels = images.to_array(photo(*size), 8)
-            latents = [codec.encoder(pixels) for codec in group.values()]
+            latents = [codec.networks.encoder(pixels) for codec in group.values()]
             assert all(np.array_equal(latents[0], other) for other in latents[1:]), size
 
 

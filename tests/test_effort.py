@@ -14,7 +14,7 @@ import torch
 import sdlite
 from sdlite import effort, images, methods
 from sdlite.container import SdcFile
-from sdlite.inference import Graph
+from sdlite.networks.inference import Graph
 
 from conftest import TAEF2, run
 from pictures import photo, psnr
@@ -89,9 +89,9 @@ def test_histogram_rate_counts_code_lengths_and_points_to_cheaper_levels():
 def distortion_and_levels(codec, data: bytes, pixels: np.ndarray) -> tuple[float, np.ndarray]:
     """The decoded latent's MSE to the padded picture (unrounded, as the search measures it), and its levels."""
     sdc = SdcFile.from_bytes(data)
-    model = methods.METHODS[sdc.method].from_bytes(sdc.model_params, sdc.latent_shape)
+    model = methods.METHODS[sdc.method].coder.from_bytes(sdc.model_params, sdc.latent_shape)
     levels = model.decompress(sdc.payload, sdc.latent_shape)
-    decoded = codec.decoder(model.dequantize(levels, sdc.step)[None])
+    decoded = codec.networks.decoder(model.dequantize(levels, sdc.step)[None])
     return float(np.mean((decoded - pixels) ** 2, dtype=np.float64)), levels
 
 

@@ -35,14 +35,14 @@ def test_onnx_matches_torch_on_an_odd_sized_image(tiny_model):
     with torch.no_grad():
         latent = loaded.encoder_graph()(torch.from_numpy(pixels)).numpy()
         decoded = loaded.decoder_graph()(torch.from_numpy(latent)).numpy()
-    assert np.abs(codec.encoder(pixels) - latent).max() < 1e-4
-    assert np.abs(codec.decoder(latent) - decoded).max() < 1e-4
+    assert np.abs(codec.networks.encoder(pixels) - latent).max() < 1e-4
+    assert np.abs(codec.networks.decoder(latent) - decoded).max() < 1e-4
 
 
 def test_the_encoder_is_deterministic(tiny_model):
     codec = sdlite.Codec.load(tiny_model, precision="fp32")
     pixels = images.to_array(photo(32, 32), 8)
-    assert np.array_equal(codec.encoder(pixels), codec.encoder(pixels))
+    assert np.array_equal(codec.networks.encoder(pixels), codec.networks.encoder(pixels))
 
 
 def test_a_build_that_misses_its_tolerance_fails_and_leaves_no_folder(tiny_vae_folder, tmp_path):

@@ -19,9 +19,9 @@ import pytest
 
 import sdlite
 from sdlite.methods import METHODS
-from sdlite import quantizer
+from sdlite.methods import quantizer
 from sdlite.container import SdcFile
-from sdlite.entropy import AdaptiveCategorical
+from sdlite.methods.uniform import AdaptiveCategorical
 
 import second_decoder
 from pictures import photo

@@ -94,7 +94,7 @@ def test_memory_onnxruntime_cannot_get_is_one_clear_line(tiny_model, monkeypatch
             raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : bfc_arena.cc:360 Failed to allocate memory for "
                                "requested buffer of size 274877906944")
 
-    monkeypatch.setattr(codec.decoder, "session", FailingSession())
+    monkeypatch.setattr(codec.networks.decoder, "session", FailingSession())
     with pytest.raises(sdlite.SdliteError, match="not enough memory to run .*decoder.onnx on a 1x4x6x8 input"):
         codec.decode(data)
 

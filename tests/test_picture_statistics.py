@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import sdlite
-from sdlite import images, lockstep
+from sdlite import images
+from sdlite.networks import lockstep
 from sdlite.codec import PICTURE_BYTES_PER_PIXEL
-from sdlite.lockstep import Moments, attention, owned_cells
-from sdlite.tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, cut, lockstep_peak, run_tiled
+from sdlite.networks.lockstep import Moments, attention, owned_cells
+from sdlite.networks.tiling import DEFAULT_OVERLAP, MemoryModel, Tiling, cut, lockstep_peak, run_tiled
 
 from pictures import photo
 
@@ -137,15 +138,15 @@ def test_a_picture_too_large_to_run_whole_is_cut_into_tiles_that_run_in_step(tin
     assert in_step < memory.peak(64 * 64)  # the whole run does not fit
     codec = sdlite.Codec.load(tiny_model, precision="fp32",
                               max_memory=int(in_step + PICTURE_BYTES_PER_PIXEL * 512 * 512))
-    tiling = codec.tiling("decoder", 64, 64)
+    tiling = codec.networks.tiling("decoder", 64, 64)
     # the largest tiles alone would fit too, but then normalise with their own statistics
     assert tiling is not None and tiling.tile >= 32 and tiling.in_step
     latent = whole.run_encoder(images.to_array(photo(512, 512), 8))
     reference = whole.run_decoder(latent)
-    assert psnr_of(codec.run_decoder(latent), reference) > 26
+    assert psnr_of(codec.networks.run_decoder(latent), reference) > 26
     # only the segments' sessions were made, and none keeps an arena (some thirty would each keep their largest run)
-    assert "decoder" not in codec._graphs
-    assert not any(graph.session.get_session_options().enable_cpu_mem_arena for graph in codec._segments["decoder"])
+    assert "decoder" not in codec.networks._graphs
+    assert not any(graph.session.get_session_options().enable_cpu_mem_arena for graph in codec.networks._segments["decoder"])
 
 
 def test_tensors_held_in_files_come_back_as_they_went_and_a_folder_that_cannot_be_made_is_one_clear_error(tmp_path):

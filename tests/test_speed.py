@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import sdlite
-from sdlite import images, inference
+from sdlite import images
+from sdlite.networks import inference
 from sdlite.codec import PICTURE_BYTES_PER_PIXEL
-from sdlite.inference import CUDA, Graph, cached_graph_path, new_session
-from sdlite.precision import ACCEPTABLE_PSNR_DB
-from sdlite.tiling import MemoryModel, Tiling, choose_tiling, cut, lockstep_peak, run_tiled, tile_starts
+from sdlite.networks.inference import CUDA, Graph, cached_graph_path, new_session
+from sdlite.networks.precision import ACCEPTABLE_PSNR_DB
+from sdlite.networks.tiling import MemoryModel, Tiling, choose_tiling, cut, lockstep_peak, run_tiled, tile_starts
 
 from conftest import TINY_CONFIG, export_model, make_vae, run
 from pictures import photo, psnr
@@ -141,7 +142,7 @@ def test_the_decoded_picture_is_converted_without_a_float_copy():
 def test_sessions_plan_no_memory_pattern():
     # A memory pattern makes the arena hold a second copy of a run's working memory from the second
     # run on, which tiling's memory model (and the 4 GB aim at 4096 x 4096) does not allow for.
-    from sdlite.inference import session_options
+    from sdlite.networks.inference import session_options
 
     assert session_options().enable_mem_pattern is False
 
@@ -186,7 +187,7 @@ def test_a_small_memory_budget_tiles_automatically(tiny_model):
     manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
     budget = int(MemoryModel(*manifest.decoder.memory).peak(24 * 24))
     codec = sdlite.Codec.load(tiny_model, precision="fp32", max_memory=budget)
-    tiling = codec.tiling("decoder", 64, 64)
+    tiling = codec.networks.tiling("decoder", 64, 64)
     assert tiling is not None and 16 <= tiling.tile <= 24
     assert codec.decode(codec.encode(photo(512, 512))).size == (512, 512)
 
@@ -281,10 +282,10 @@ def test_in_float32_matches_quantising_without_the_nodes(tiny_model, tmp_path):
 def test_each_precision_round_trips_and_stays_near_float32(tiny_model, precision):
     reference = sdlite.Codec.load(tiny_model, precision="fp32")
     codec = sdlite.Codec.load(tiny_model, precision=precision)
-    assert codec.precision_of("decoder") == precision
+    assert codec.networks.precision_of("decoder") == precision
     data = reference.encode(photo(64, 48))
     recorded = codec.manifest.graphs(precision)
-    assert recorded is not None and Path(codec.decoder.label).name == recorded[1].file
+    assert recorded is not None and Path(codec.networks.decoder.label).name == recorded[1].file
     assert psnr(codec.decode(data), reference.decode(data)) > 20
 
 
@@ -295,7 +296,7 @@ def test_auto_takes_the_fastest_acceptable_variant(tiny_model):
         options = [("fp32", getattr(manifest, role))] + [
             (v.precision, getattr(v, role)) for v in manifest.variants
             if "cpu" in v.devices and v.psnr_db[role] >= ACCEPTABLE_PSNR_DB]
-        assert codec.precision_of(role) == min(options, key=lambda option: option[1].seconds)[0]
+        assert codec.networks.precision_of(role) == min(options, key=lambda option: option[1].seconds)[0]
 
 
 def test_unknown_or_missing_precisions_are_refused(tiny_model, other_model):
@@ -318,7 +319,7 @@ def test_fp16_keeps_overflowing_nodes_in_float32(tmp_path):
     assert variant.psnr_db["decoder"] > 40
     codec = sdlite.Codec.load(folder, precision="fp16")
     latent = np.random.default_rng(0).normal(size=(1, 4, 12, 10)).astype(np.float32)
-    assert np.isfinite(codec.decoder(latent)).all()
+    assert np.isfinite(codec.networks.decoder(latent)).all()
 
 
 def test_the_optimised_graph_is_cached_and_a_damaged_cache_is_remade(tiny_model, tmp_path, monkeypatch):
@@ -413,7 +414,7 @@ def test_cuda_runs_through_io_binding(tiny_model):
     if CUDA not in onnxruntime.get_available_providers():
         pytest.skip("no CUDA in this onnxruntime")
     codec = sdlite.Codec.load(tiny_model, device="cuda", precision="fp16")
-    assert codec.decoder.on_cuda
+    assert codec.networks.decoder.on_cuda
     reference = sdlite.Codec.load(tiny_model, precision="fp32")
     pixels = images.to_array(photo(64, 48), 8)
-    assert np.abs(codec.decoder(reference.encoder(pixels)) - reference.decoder(reference.encoder(pixels))).max() < 0.05
+    assert np.abs(codec.networks.decoder(reference.encoder(pixels)) - reference.decoder(reference.encoder(pixels))).max() < 0.05

@@ -51,6 +51,6 @@ def test_pretrained_taef2_round_trip_is_faithful(taef2_model):
     codec = sdlite.Codec.load(taef2_model)
     assert (codec.manifest.latent_channels, codec.manifest.downsampling_factor) == (32, 8)
     image = photo(128, 96)
-    exact = images.from_array(codec.decoder(codec.encoder(images.to_array(image, 8))), 128, 96)
+    exact = images.from_array(codec.networks.decoder(codec.networks.encoder(images.to_array(image, 8))), 128, 96)
     assert psnr(exact, image) > 25  # a trained model reproduces the picture; random weights would not
     assert np.isfinite(psnr(codec.decode(codec.encode(image, quality=90)), image))

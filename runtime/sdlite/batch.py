@@ -16,7 +16,7 @@ from PIL import Image
 
 from .codec import Codec
 from .errors import SdliteError
-from .inference import available_cores
+from .networks.inference import available_cores
 
 # (codec, source name, target name) -> (bytes read, bytes written); raises SdliteError for a bad file
 Work = Callable[[Codec, str, str], tuple[int, int]]

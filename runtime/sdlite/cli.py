@@ -17,13 +17,13 @@ from PIL import Image
 from . import __version__, methods
 from .batch import Work, default_jobs, run_all
 from .codec import DEFAULT_MAX_MEMORY, DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, Codec
-from .container import METHODS, SdcFile
+from .container import SdcFile
 from .effort import EFFORT_STEPS, MAX_EFFORT
 from .errors import SdliteError
 from .files import write_atomic
 from .manifest import load_manifest
 from .models import installed_models, models_dir
-from .precision import ACCEPTABLE_PSNR_DB, AUTO, CHOICES
+from .networks.precision import ACCEPTABLE_PSNR_DB, AUTO, CHOICES
 
 STDIO = "-"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -223,8 +223,9 @@ def encode(
                                     f"steps; each takes about four decodes)."),
     size: Optional[str] = typer.Option(None, "--size", help="Largest file size, e.g. 5KB, 12000, 1.5MB (KB = 1000 bytes, KiB = 1024)."),
     bpp: Optional[float] = typer.Option(None, "--bpp", help="Largest size in bits per pixel, e.g. 0.1."),
-    method: str = typer.Option(methods.DEFAULT_METHOD, "--method",
-                               help=f"Coding method: {', '.join(methods.NAMES)} (palette: the seed's look)."),
+    method: Optional[str] = typer.Option(None, "--method",
+                                         help=f"Coding method: {', '.join(methods.NAMES)} (default: learned where "
+                                              f"the model has a trained latent codec, else predictive)."),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
     precision: str = PrecisionOption,
@@ -242,7 +243,8 @@ def encode(
         if bpp is not None and not bpp > 0:
             raise SdliteError(f"--bpp must be positive, got {bpp}")
         budget = parse_file_size(size) if size is not None else None
-        methods.by_name(method)
+        if method is not None:
+            methods.by_name(method)
         outputs = output_names(inputs, output, ".sdc")
         codec = Codec.load(model, device, precision=precision, max_memory=parse_size(max_memory), tile=tile,
                            max_pixels=max_pixels, spill=spill)
@@ -328,7 +330,7 @@ def info(files: List[str] = typer.Argument(..., help=".sdc files ('-' for stdin)
         if sdc.latent_space_id in precisions:
             typer.echo(f"  precisions     {precisions[sdc.latent_space_id]}")
         typer.echo(f"  quality        {sdc.quality} (step {sdc.step:.6g})")
-        typer.echo(f"  method         {METHODS[sdc.method]}")
+        typer.echo(f"  method         {methods.METHODS[sdc.method].description}")
         typer.echo(f"  payload        {len(sdc.payload)} bytes, model parameters {len(sdc.model_params)} bytes")
     if failures:
         raise typer.Exit(1)
@@ -349,6 +351,8 @@ def models() -> None:
         typer.echo(f"{folder.name}: latent space {manifest.latent_space}, {manifest.latent_channels} channels at "
                    f"1/{manifest.downsampling_factor}, from {manifest.source}")
         typer.echo(f"  precisions: {precision_summary(manifest)}")
+        typer.echo(f"  methods: {', '.join(n for n, m in methods.NAMES.items() if m.available_for(manifest))} "
+                   f"(default {methods.default_for(manifest)})")
 
 
 def precision_summary(manifest) -> str:

@@ -11,17 +11,10 @@ import zlib
 from dataclasses import dataclass
 
 from .errors import SdliteError
+from .methods import METHODS
 
 MAGIC = b"\x89SDC"
 VERSION = 1
-METHOD_ADAPTIVE_CATEGORICAL = 0
-METHOD_PALETTE = 1
-METHOD_PREDICTIVE = 2
-METHODS = {
-    METHOD_ADAPTIVE_CATEGORICAL: "uniform: one step, adaptive order-0 range coding (baseline)",
-    METHOD_PALETTE: "palette: 8-bit latent, dithered palette, lossless indices (the seed's method)",
-    METHOD_PREDICTIVE: "predictive: per-channel steps, row prediction, context-adaptive range coding",
-}
 
 # magic, version, method, latent space id, width, height, channels, latent height, latent width, step, quality
 _HEADER = struct.Struct("<4sBB8sIIHHHfB")
@@ -39,7 +32,7 @@ class SdcFile:
     quality: int
     model_params: bytes
     payload: bytes
-    method: int = METHOD_ADAPTIVE_CATEGORICAL
+    method: int = 0
 
     def to_bytes(self) -> bytes:
         channels, latent_height, latent_width = self.latent_shape

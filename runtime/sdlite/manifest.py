@@ -111,6 +111,35 @@ class Variant:
 
 
 @dataclass
+class LatentCodecEntry:
+    """The learned method's parts: its parameters (integer hyper-synthesis and frequency tables, see
+    methods/learned.py) and its three graphs."""
+
+    file: str
+    sha256: str
+    source: str
+    analysis: Graph
+    hyper_analysis: Graph
+    synthesis: Graph
+    # (code, target) -> (image, gradient of the MSE w.r.t. the code) through synthesis and decoder, for
+    # the encoder's effort; None where the export made no gradient graphs.
+    code_vjp: Graph | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatentCodecEntry:
+        graphs = {name: Graph.from_dict(data[name]) for name in ("analysis", "hyper_analysis", "synthesis")
+                  if name in data}
+        if data.get("code_vjp") is not None:
+            graphs["code_vjp"] = Graph.from_dict(data["code_vjp"])
+        return cls(**{**data, **graphs})
+
+    @property
+    def graphs(self) -> dict[str, Graph]:
+        graphs = {"analysis": self.analysis, "hyper_analysis": self.hyper_analysis, "synthesis": self.synthesis}
+        return graphs | ({"code_vjp": self.code_vjp} if self.code_vjp else {})
+
+
+@dataclass
 class Manifest:
     name: str
     source: str
@@ -130,6 +159,8 @@ class Manifest:
     # How much each latent channel moves the decoded image (mean squared pixel change per unit of
     # squared latent change), measured by the export; empty when unknown, as in older manifests.
     channel_sensitivity: list = field(default_factory=list)
+    # The learned method's trained codec of this latent space; None where none was trained.
+    latent_codec: LatentCodecEntry | None = None
 
     @property
     def latent_space_id(self) -> bytes:
@@ -154,6 +185,10 @@ class Manifest:
                     raise ValueError(f"{graph} is not described")
                 data[graph] = Graph.from_dict(data[graph])
             data["variants"] = [Variant.from_dict(variant) for variant in data.get("variants", [])]
+            if data.get("latent_codec") is not None:
+                if not isinstance(data["latent_codec"], dict):
+                    raise ValueError("latent_codec is not described")
+                data["latent_codec"] = LatentCodecEntry.from_dict(data["latent_codec"])
             manifest = cls(**data)
             manifest._check_values()
         except (ValueError, TypeError, KeyError, RecursionError) as exc:
@@ -190,7 +225,18 @@ class Manifest:
             if graph.segments is not None:
                 self._check_segmented(graph.file, graph.segments)
         segment_graphs = [segment.graph for graph in coding if graph.segments for segment in graph.segments.segments]
-        for graph in (*coding, *([gradient] if gradient else []), *segment_graphs):
+        codec = self.latent_codec
+        codec_graphs = list(codec.graphs.values()) if codec else []
+        for graph in codec_graphs:
+            names = (graph.input, graph.output)
+            if not all(isinstance(value, str) for value in (graph.file, graph.sha256)) or not all(
+                    isinstance(n, str) or isinstance(n, list) and n and all(isinstance(v, str) for v in n)
+                    for n in names):
+                raise ValueError("latent codec graphs: file and sha256 must be strings, input and output names")
+        if codec and not all(isinstance(value, str) for value in (codec.file, codec.sha256, codec.source)):
+            raise ValueError("latent_codec: file, sha256 and source must be strings")
+        for graph in (*coding, *([gradient] if gradient else []), *segment_graphs, *codec_graphs,
+                      *([codec] if codec else [])):
             if not SHA256_HEX.fullmatch(graph.sha256):
                 raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
         sensitivity = self.channel_sensitivity

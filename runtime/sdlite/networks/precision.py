@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .errors import SdliteError
-from .manifest import FP32, PRECISIONS, Graph, Manifest
+from ..errors import SdliteError
+from ..manifest import FP32, PRECISIONS, Graph, Manifest
 
 AUTO = "auto"
 CHOICES = (*PRECISIONS, AUTO)

@@ -22,10 +22,8 @@ import constriction
 import numpy as np
 
 from . import quantizer
-from .errors import SdliteError
+from ..errors import SdliteError
 
-METHOD_ID = 2
-NAME = "predictive"
 
 WEIGHT_UNIT = 64  # prediction taps in 1/64; their magnitudes sum to at most 1, so rows cannot blow up
 MEAN_UNIT = 32  # channel means in 1/32 of the latent's unit
@@ -47,9 +45,6 @@ _PARAMS = struct.Struct("<H")
 
 
 class PredictiveModel:
-    method_id = METHOD_ID
-    name = NAME
-
     def __init__(self, step_codes, means, weights, offsets, largest: int):
         self.step_codes = np.asarray(step_codes, np.int8)
         self.means = np.asarray(means, np.int8)
@@ -214,6 +209,13 @@ class _Tables:
         self.counts[full] = (self.counts[full] + 1) // 2
         self.magnitude_sum += np.abs(levels[:, y]).sum(axis=1)
         self.seen += self.width
+
+
+class Predictive(quantizer.SteppedMethod):
+    id = 2
+    name = "predictive"
+    description = "predictive: per-channel steps, row prediction, context-adaptive range coding"
+    coder = PredictiveModel
 
 
 def _fit_taps(target: np.ndarray, source: np.ndarray, means: np.ndarray) -> np.ndarray:

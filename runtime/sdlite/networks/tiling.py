@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import SdliteError
+from ..errors import SdliteError
 
 DEFAULT_OVERLAP = 8  # latent cells: 64 pixels of context on each side of a seam
 MIN_TILE = 16

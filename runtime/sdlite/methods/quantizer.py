@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+from typing import ClassVar
+
 import numpy as np
 
-from .errors import SdliteError
+from ..errors import SdliteError
+from .base import Coded, EffortSearch, Method, ModelParts, finite
 
 # Latents are scaled to about unit variance by the export, so one table of steps serves every model:
 # quality 100 is near-lossless in the latent (step 1/64), quality 0 (step 16) keeps only the broadest
@@ -57,3 +60,40 @@ def channel_steps(step: float, codes: np.ndarray) -> np.ndarray:
     multipliers = [math.ldexp(_OCTAVE_FRACTIONS[code % STEP_CODES_PER_OCTAVE], code // STEP_CODES_PER_OCTAVE)
                    for code in np.asarray(codes, np.int64).tolist()]
     return (np.float64(step) * np.array(multipliers, np.float64)).astype(np.float32)
+
+
+class SteppedMethod(Method):
+    """A method that rounds the latent at the quality's global step times each channel's step: its
+    `coder` fits a model to the levels, codes them and dequantizes them."""
+
+    coder: ClassVar[type]
+    channel_steps_used: ClassVar[bool] = True
+    supports_effort = True
+
+    def __init__(self, model: ModelParts):
+        super().__init__(model)
+        channels = model.manifest.latent_channels
+        # computed once per model, not once per file: rate control packs many times
+        self.step_codes = (step_codes(model.manifest.channel_sensitivity, channels) if self.channel_steps_used
+                           else np.zeros(channels, np.int8))
+
+    def encode(self, latent: np.ndarray, quality: float) -> Coded:
+        step = step_for_quality(quality)
+        model, levels = self.coder.quantize(latent, step, self.step_codes)
+        return Coded(float(step), model.to_bytes(), model.compress(levels))
+
+    def decode(self, model_block: bytes, payload: bytes, shape: tuple[int, int, int], step: float) -> np.ndarray:
+        model = self.coder.from_bytes(model_block, shape)
+        levels = model.decompress(payload, shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # a forged step: refused by finite()
+            return finite(model.dequantize(levels, step), step)
+
+    def effort_search(self, latent: np.ndarray, quality: float) -> EffortSearch:
+        step = step_for_quality(quality)
+
+        def quantize(candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            model, levels = self.coder.quantize(candidate, step, self.step_codes)
+            return model.dequantize(levels, step), levels
+
+        return EffortSearch(latent, quantize, channel_steps(step, self.step_codes), "decoder_vjp", 1,
+                            lambda candidate: self.encode(candidate, quality))

@@ -26,9 +26,9 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import SdliteError
+from ..errors import SdliteError
 from .inference import cache_dir, give_back_freed_memory
-from .manifest import Segment
+from ..manifest import Segment
 from .tiling import Box
 
 # Attention scores made at once: enough rows of a tile's queries against one tile's keys to fill this.

@@ -12,12 +12,10 @@ import struct
 
 import numpy as np
 
-from .entropy import AdaptiveCategorical
-from .errors import SdliteError
+from ..errors import SdliteError
+from .base import Coded, Method
 from .quantizer import QUALITY_PER_OCTAVE
-
-METHOD_ID = 1
-NAME = "palette"
+from .uniform import AdaptiveCategorical
 LARGEST_PALETTE = 256
 LATENT_RANGE = 1e4  # a channel's 8-bit range must lie within +-LATENT_RANGE
 KMEANS_ROUNDS = 8
@@ -31,9 +29,6 @@ def palette_size(quality: float) -> int:
 
 
 class PaletteModel:
-    method_id = METHOD_ID
-    name = NAME
-
     def __init__(self, lowest: np.ndarray, highest: np.ndarray, palette: np.ndarray):
         self.lowest = np.asarray(lowest, np.float32)
         self.highest = np.asarray(highest, np.float32)
@@ -86,6 +81,20 @@ class PaletteModel:
 
     def decompress(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         return self._index_coder().decompress(payload, (1,) + tuple(shape[1:]))
+
+
+class Palette(Method):
+    id = 1
+    name = "palette"
+    description = "palette: 8-bit latent, dithered palette, lossless indices (the seed's method)"
+
+    def encode(self, latent: np.ndarray, quality: float) -> Coded:
+        model, indices = PaletteModel.quantize(latent, quality)
+        return Coded(1.0, model.to_bytes(), model.compress(indices))  # the palette needs no step; 1 is written
+
+    def decode(self, model_block: bytes, payload: bytes, shape: tuple[int, int, int], step: float) -> np.ndarray:
+        model = PaletteModel.from_bytes(model_block, shape)
+        return model.dequantize(model.decompress(payload, shape), step)
 
 
 def _kmeans(vectors: np.ndarray, entries: int) -> np.ndarray:

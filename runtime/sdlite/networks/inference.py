@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .errors import SdliteError
+from ..errors import SdliteError
 
 try:  # glibc's; elsewhere (macOS, Windows) freed memory is not kept back the same way
     _malloc_trim = ctypes.CDLL(None).malloc_trim

@@ -14,8 +14,8 @@ import numpy as np
 import constriction
 
 from . import quantizer
-from .errors import SdliteError
-from .quantizer import LARGEST_LEVEL
+from ..errors import SdliteError
+from .quantizer import LARGEST_LEVEL, SteppedMethod
 
 INCREMENT = 16
 RESCALE_ABOVE = 1 << 16
@@ -40,9 +40,6 @@ class _Counts:
 
 class AdaptiveCategorical:
     """Levels of shape (channels, height, width), coded row by row, channel by channel within a row."""
-
-    method_id = 0
-    name = "uniform"
 
     def __init__(self, lowest: np.ndarray, sizes: np.ndarray):
         self.lowest = np.asarray(lowest, dtype=np.int64)
@@ -118,6 +115,14 @@ class AdaptiveCategorical:
         if not finished or (payload and not self._coded_channels()):  # the payload codes more than the header says
             raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
         return symbols + self.lowest[:, None, None].astype(np.int32)
+
+
+class Uniform(SteppedMethod):
+    id = 0
+    name = "uniform"
+    description = "uniform: one step, adaptive order-0 range coding (baseline)"
+    coder = AdaptiveCategorical
+    channel_steps_used = False
 
 
 def _zigzag(value: int) -> int:
