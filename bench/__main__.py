@@ -1,4 +1,4 @@
-"""`python -m bench NAME`: the project's benchmarks (speed, huge, tiles, rd)."""
+"""`python -m bench NAME`: the project's benchmarks (speed, learned, huge, tiles, rd)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,21 @@ def speed(
     from .speed import main as run
 
     run(sd_model, taef2, repeats, out, kodak, device)
+
+
+@app.command()
+def learned(
+    model: Path = typer.Option(Path("models/taef2"), "--model", help="Exported model folder with a latent codec."),
+    picture: Path = typer.Option(Path("../shared/data/kodak/kodim01.png"), "--picture"),
+    quality: float = typer.Option(50, "--quality"),
+    repeats: int = typer.Option(3, "--repeats", min=1),
+    precision: str = typer.Option("fp32", "--precision", help="The decoder's precision it is compared with."),
+    out: Path = typer.Option(Path("bench/results/learned.md"), "--out"),
+) -> None:
+    """The learned method's own decoding time against the VAE decoder's, at 768x512."""
+    from .learned import main as run
+
+    print(run(model, picture, quality, repeats, precision, out))
 
 
 @app.command()

@@ -59,8 +59,9 @@ class Shortcut(nn.Module):
             self.linear.weight[:diagonal, :diagonal, 0, 0] = torch.eye(diagonal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.down:
-            return self.body(x) + self.linear(nn.functional.pixel_unshuffle(x, 2))
+        if self.down:  # pixel_unshuffle then the 1x1 map, written as the 2x2 stride-2 convolution it is
+            weight = self.linear.weight.view(self.linear.weight.shape[0], -1, 2, 2)
+            return self.body(x) + nn.functional.conv2d(x, weight, stride=2)
         return self.body(x) + nn.functional.pixel_shuffle(self.linear(x), 2)
 
 
