@@ -64,7 +64,7 @@ def agreement(folder: Path, precision: str, tile: int | None, side: int | None =
     """PSNR between tiled and whole runs on a picture small enough to run whole (a Kodak photo, or one
     scaled to side x side), with their times: the codec's tiled encode and decode (segments in step
     where the graph has group norms and they fit, in memory or else in files), and each tile run alone
-    (as before segments, and as the codec does where they fit neither). Tiles of `tile` cells, or
+    (as the codec does where they fit neither). Tiles of `tile` cells, or
     as `max_memory` has them. A tiled encode is judged by its latent decoded whole. For a variant, the
     codec's tiled run and the whole variant run are also held against the whole float32 run: rounded
     graphs are chaotic (a last-bit change flips a rounding, whose step flips more), so tiles and whole

@@ -38,15 +38,12 @@ from .calibration import center_crop
 VARIANT_DEVICES = {"int8": ["cpu"], "fp16": ["cuda"]}
 MAX_FP16_ROUNDS = 64
 # The PSNR against float32 an int8 graph is brought to on the calibration pictures (crops of 128x128),
-# above the acceptable one so that the figure on larger pictures stays above it too: the random-weight
-# SD decoder measured 36.1 / 36.7 dB there and 35.1 / 35.8 dB at 512x512.
+# above the acceptable one because larger pictures come out about 1 dB lower than the crops.
 INT8_TARGET_DB = ACCEPTABLE_PSNR_DB + 1.5
 # The largest share of the convolutions' arithmetic kept in float32 to meet it. A float32 convolution
-# takes about 4x the time of an int8 one (0.35 s against 0.09 s for a 256-channel convolution at
-# 256x256, measured), so 45% of them leaves the SD decoder at 512x512 1.5x faster than float32 (7.4 s
-# against 11.4 s; torch 16.9 s). The random-weight SD decoder (30.5 dB at 256x256 wholly in int8) needs
-# about that much: its rounding errors come from heavy-tailed activations (kurtosis 35-64 at 512x512)
-# that 8-bit per-tensor ranges cannot follow.
+# takes about 4x the time of an int8 one, so at this share the variant is still clearly faster than
+# float32. Heavy-tailed activations, which 8-bit per-tensor ranges cannot follow (the random-weight SD
+# decoder's), need about this much.
 INT8_FLOAT32_SHARE = 0.45
 Quality = Callable[[onnx.ModelProto], float]  # a variant graph's PSNR against float32, in dB
 
@@ -115,10 +112,9 @@ def float32_order(quantised: onnx.ModelProto, original: onnx.ModelProto, costs: 
                   quality: Quality) -> list[tuple[str, ...]]:
     """Units of convolutions (those `sharing_input`) that go back to float32, in order, within
     INT8_FLOAT32_SHARE of the arithmetic: those whose rounding costs the most quality per multiply-add
-    first. Each unit's rounding adds its own part of the squared error (on the random-weight SD decoder
-    the parts, measured one convolution at a time, add up to 30.3 dB against 30.5 dB for the whole
-    graph in int8), so the part each removes alone ranks them (random-weight SD decoder at 512x512 with
-    a third of the arithmetic in float32: 34.9 dB in this order, 34.4 dB taking the cheapest first)."""
+    first. Each unit's rounding adds its own part of the squared error (the parts measured one at a
+    time add up to about the whole graph's), so the part each removes alone ranks them; this order
+    keeps more quality for the same share of arithmetic than taking the cheapest first."""
     error = squared_error(quality(quantised))
     units = sharing_input(original)
     cost = {unit: sum(costs[name] for name in unit) for unit in units}

@@ -1,9 +1,9 @@
 """An encoder or decoder cut at its group norms and attentions, so that tiles see image-wide statistics.
 
 A group norm normalises each tile with that tile's own mean and variance, where the whole decode uses
-the picture's: tiles then disagree with the whole decode (23 dB on the random-weight SD decoder in
-tiles of 32 cells) and estimated statistics do not fix it (a first tiled pass's statistics, or a
-downscaled latent's, leave it at 22-27 dB: the errors of early layers grow through the later ones).
+the picture's: tiles then disagree visibly with the whole decode, and estimated statistics (a first
+tiled pass's, or a downscaled latent's) do not fix it: the errors of early layers grow through the
+later ones.
 Exact statistics need every tile to reach a norm before any tile goes past it. So the graph is cut
 before every norm: segment k computes, for one tile, everything up to the input of norm k; the
 runtime gathers that input's moments over all tiles, normalises each tile with them, and runs

@@ -4,8 +4,8 @@ A channel's sensitivity is the mean squared change of the decoded pixels per uni
 added to that channel alone, around the latents of a few calibration pictures. The runtime's
 quantizer gives each channel a step proportional to 1/sqrt(sensitivity): equal distortion per bit
 in every channel. Without photos the calibration pictures are "dead leaves" (random overlapping
-discs), whose edges and size statistics are close to those of natural images; measured on TAEF2
-their sensitivities correlate at 0.92 (in log) with those measured on Kodak photos.
+discs), whose edges and size statistics are close to those of natural images, so the sensitivities
+they give follow those of photos closely.
 """
 
 from __future__ import annotations
