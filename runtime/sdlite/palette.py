@@ -3,7 +3,8 @@ vectors with Floyd-Steinberg error diffusion, and stored losslessly (palette byt
 through the adaptive order-0 range coder).
 
 The seed always used 256 entries (quality 100 here); lower qualities halve the palette every
-QUALITY_PER_OCTAVE points, down to 2 entries.
+QUALITY_PER_HALVING points, down to 16 entries at quality 0: smaller palettes dither into noise that
+can score below a larger one's, so they would make a higher quality look worse.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import numpy as np
 
 from .entropy import AdaptiveCategorical
 from .errors import SdliteError
-from .quantizer import QUALITY_PER_OCTAVE
 
 METHOD_ID = 1
 NAME = "palette"
 LARGEST_PALETTE = 256
+SMALLEST_PALETTE = 16
+QUALITY_PER_HALVING = 25.0
 LATENT_RANGE = 1e4  # a channel's 8-bit range must lie within +-LATENT_RANGE
 KMEANS_ROUNDS = 8
 KMEANS_SAMPLES = 1 << 15  # the palette is fitted on at most this many latent vectors (evenly spaced)
@@ -27,7 +29,8 @@ _HEAD = struct.Struct("<H")
 
 
 def palette_size(quality: float) -> int:
-    return int(np.clip(np.rint(LARGEST_PALETTE * 2.0 ** ((quality - 100) / QUALITY_PER_OCTAVE)), 2, LARGEST_PALETTE))
+    return int(np.clip(np.rint(LARGEST_PALETTE * 2.0 ** ((quality - 100) / QUALITY_PER_HALVING)), SMALLEST_PALETTE,
+                       LARGEST_PALETTE))
 
 
 class PaletteModel:
