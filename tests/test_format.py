@@ -384,3 +384,10 @@ def test_the_documented_encoder_writes_constrictions_words_carries_included():
     releases = set(encoder.releases)
     assert any(carry and held > 1 for carry, held in releases)
     assert any(not carry and held > 1 for carry, held in releases)
+
+
+def test_an_sdc_file_shows_its_header_not_its_payload():
+    sdc = SdcFile(b"\x01" * 8, 768, 512, (32, 64, 96), 0.5, 50, b"\x07" * 198, b"\xab" * 100_000, 2)
+    text = repr(sdc)
+    assert len(text) < 300 and "payload 100000 bytes" in text and "768x512" in text and "predictive" in text
+    assert str(sdc) == text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +18,7 @@ from .container import SdcFile
 from .errors import SdliteError
 from .inference import Graph, resolve_device
 from .lockstep import run_segments, spill_bytes, spill_folder
-from .manifest import FP32, Manifest, Segmented, load_manifest, verified_graph_bytes
+from .manifest import FP32, TIMED_SIDE, Manifest, Segmented, load_manifest, verified_graph_bytes
 from .manifest import Graph as GraphEntry  # a graph as the manifest describes it, not its session
 from .models import find_model
 from .palette import PaletteModel
@@ -305,6 +307,19 @@ class Codec:
             payload=model.compress(symbols),
             method=coder.method_id,
         ).to_bytes()
+
+    def decode_seconds(self, width: int, height: int) -> float:
+        """About how long the decoder takes on a picture of this size: its time at export scaled by the
+        pixels (inf where the manifest has no time)."""
+        seconds = self._chosen("decoder")[1].seconds
+        return math.inf if seconds is None else seconds * width * height / TIMED_SIDE**2
+
+    def round_trip_psnr(self, image: images.ImageSource, data: bytes) -> float:
+        """The PSNR in dB of the picture that `data` decodes to against `image` (RGB, 8 bits): one decode."""
+        with warnings.catch_warnings():  # what the encode said about the image (alpha dropped, ...) is said
+            warnings.simplefilter("ignore")
+            original = images.open_image(image, self.max_pixels)
+        return images.psnr(self.decode(data), original)
 
     def decode(self, data: bytes) -> Image.Image:
         """The image stored in .sdc bytes, at its original size."""
