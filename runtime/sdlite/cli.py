@@ -29,8 +29,10 @@ from .precision import ACCEPTABLE_PSNR_DB, AUTO, CHOICES
 
 STDIO = "-"
 # Above this estimated decoder time for the picture, encode's summary leaves the round trip's PSNR out
-# unless --psnr asks for it: a summary line must not double the time of an encode.
-CHEAP_DECODE_SECONDS = 1.0
+# unless --psnr asks for it: a summary line must not double the time of an encode. TAEF2 decodes a
+# 768x512 photo in well under a second, the SD VAE in tens of seconds; the export's recorded times,
+# which the estimate scales, can be several times too long when it ran on a busy machine.
+CHEAP_DECODE_SECONDS = 5.0
 LOSSY_FORMATS = {"JPEG": "JPEG", "WEBP": "WebP", "AVIF": "AVIF"}  # Pillow formats that take quality=
 # The command-line parser's exceptions: recent typer releases carry their own copy of click, older ones use
 # click itself; typer's BadParameter comes from whichever it is.
