@@ -3,8 +3,9 @@ vectors with Floyd-Steinberg error diffusion, and stored losslessly (palette byt
 through the adaptive order-0 range coder).
 
 The seed always used 256 entries (quality 100 here); lower qualities halve the palette every
-QUALITY_PER_HALVING points, down to 16 entries at quality 0: smaller palettes dither into noise that
-can score below a larger one's, so they would make a higher quality look worse.
+QUALITY_PER_HALVING points, in powers of two, down to 16 entries at quality 0. Dithering makes a
+palette's picture noisy: a palette only a little larger (21 entries against 16, or 4 against 2) can
+score lower, so the sizes go by doublings, and not below 16, so that a higher quality never looks worse.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ _HEAD = struct.Struct("<H")
 
 
 def palette_size(quality: float) -> int:
-    return int(np.clip(np.rint(LARGEST_PALETTE * 2.0 ** ((quality - 100) / QUALITY_PER_HALVING)), SMALLEST_PALETTE,
-                       LARGEST_PALETTE))
+    doublings = np.rint(np.log2(LARGEST_PALETTE / SMALLEST_PALETTE) - (100 - quality) / QUALITY_PER_HALVING)
+    return int(SMALLEST_PALETTE * 2 ** np.clip(doublings, 0, np.log2(LARGEST_PALETTE / SMALLEST_PALETTE)))
 
 
 class PaletteModel:
