@@ -1,4 +1,4 @@
-"""`python -m bench NAME`: the project's benchmarks (speed, learned, huge, tiles, rd)."""
+"""`python -m bench NAME`: the project's benchmarks (speed, learned, huge, tiles, rd, quality)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,19 @@ def learned(
     from .learned import main as run
 
     print(run(model, picture, quality, repeats, precision, out))
+
+
+@app.command()
+def quality(
+    model: Path = typer.Option(Path("models/taef2"), "--model", help="Exported model folder."),
+    images: Path = typer.Option(Path("../shared/data/kodak"), "--images", help="Folder of PNG photos."),
+    qualities: str = typer.Option("0,50,90,100", "--qualities", help="Comma-separated qualities."),
+    precision: str = typer.Option("auto", "--precision"),
+) -> None:
+    """Size and PSNR of each quality setting, against JPEG of the same size."""
+    from .quality import main as run
+
+    run(model, images, [int(q) for q in qualities.split(",")], precision)
 
 
 @app.command()

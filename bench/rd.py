@@ -40,7 +40,7 @@ TARGETS_BPP = (0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6)
 # Encoder efforts take seconds a step on a whole Kodak picture: their curves cover the range where
 # sdlite meets JPEG, which is also where they overlap effort 0's for the BD-rate.
 EFFORT_TARGETS_BPP = (0.2, 0.3, 0.45)
-PALETTE_QUALITIES = (100, 90, 80)  # 256, 128 and 64 entries; 256 is the seed's setting
+PALETTE_QUALITIES = (100, 75, 50)  # 256, 128 and 64 entries; 256 is the seed's setting
 # Pillow quality sweeps that cover about 0.05 to 0.6 bpp on Kodak (each codec as low as it can go).
 CLASSIC = {
     "jpeg": ("JPEG", (1, 3, 6, 12, 25, 50), {}),

@@ -30,7 +30,7 @@ import onnx
 from sdlite.errors import SdliteError
 from sdlite.networks.inference import Graph
 from sdlite.manifest import Graph as GraphEntry
-from sdlite.manifest import Variant, file_sha256
+from sdlite.manifest import TIMED_SIDE, Variant, file_sha256
 from sdlite.networks.precision import ACCEPTABLE_PSNR_DB
 
 from .calibration import center_crop
@@ -294,7 +294,7 @@ def first_nonfinite_nodes(model: onnx.ModelProto, input_name: str, array: np.nda
 # the nodes that overflow whatever their quality cost, so it does not ask for it.
 BUILDERS = {"int8": int8_graph, "fp16": fp16_graph}
 CALIBRATION_SIDE = 128
-CHECK_SIDE = 256
+CHECK_SIDE = TIMED_SIDE  # also where each graph is timed
 QUALITY_PICTURES = 3  # of the calibration pictures, to choose the int8 convolutions kept in float32
 
 

@@ -72,7 +72,6 @@ def both_outcomes(codec, model, data: bytes):
 ])
 def test_second_decoder_gives_the_real_decoders_levels_and_latent(codec, model, size, quality, seed):
     data = codec.encode(photo(*size, seed=seed), quality=quality, method="uniform")
-    # The tiny random VAE's latents are small (std about 0.04): only fine steps give several levels.
     assert quality < 75 or len(SdcFile.from_bytes(data).payload) > 0
     levels, latent = real_decode(codec, data)
     decoded = second_decoder.decode(data, model)
@@ -384,3 +383,10 @@ def test_the_documented_encoder_writes_constrictions_words_carries_included():
     releases = set(encoder.releases)
     assert any(carry and held > 1 for carry, held in releases)
     assert any(not carry and held > 1 for carry, held in releases)
+
+
+def test_an_sdc_file_shows_its_header_not_its_payload():
+    sdc = SdcFile(b"\x01" * 8, 768, 512, (32, 64, 96), 0.5, 50, b"\x07" * 198, b"\xab" * 100_000, 2)
+    text = repr(sdc)
+    assert len(text) < 300 and "payload 100000 bytes" in text and "768x512" in text and "predictive" in text
+    assert str(sdc) == text

@@ -129,7 +129,7 @@ def test_every_odd_file_gives_the_user_one_clear_line_at_most(tmp_path, tiny_mod
         (folder / name).write_bytes(make())
     out = tmp_path / "out"
     names = [str(folder / name) for name in ODD_FILES]
-    result = run(sys.executable, "-m", "sdlite.cli", "encode", *names, "-o", str(out), "--model", str(tiny_model))
+    result = run(sys.executable, "-m", "sdlite.cli", "encode", *names, "-o", f"{out}/", "--model", str(tiny_model))
     stderr = result.stderr.decode()
     assert result.returncode == 1 and "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.startswith("sdlite:")]

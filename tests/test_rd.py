@@ -8,17 +8,18 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import sdlite
 from sdlite import methods, ratecontrol
-from sdlite.methods import quantizer
+from sdlite.methods import palette, quantizer
 from sdlite.container import SdcFile
 from sdlite.methods.uniform import AdaptiveCategorical
 from sdlite.methods.palette import PaletteModel, palette_size
 from sdlite.methods.predictive import DEAD_ZONE, LARGEST_RESIDUAL, PredictiveModel
 
-from conftest import run
-from pictures import photo
+from conftest import SHARED, run
+from pictures import photo, psnr
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def test_prediction_lowers_the_rate_of_a_correlated_latent():
 
 
 def test_palette_has_the_seeds_256_entries_at_quality_100():
-    assert palette_size(100) == 256 and palette_size(90) == 128 and palette_size(0) == 2
+    assert palette_size(100) == 256 and palette_size(75) == 128 and palette_size(0) == palette.SMALLEST_PALETTE == 16
     latent = smooth_latent(channels=4, height=24, width=24)
     model, indices = PaletteModel.quantize(latent, 100)
     assert len(model.palette) == 256 and indices.shape == (1, 24, 24)
@@ -264,9 +265,10 @@ def test_cli_size_bpp_and_method(tiny_model, tmp_path):
     assert (tmp_path / "b.sdc").stat().st_size <= 0.5 * 96 * 64 / 8
     result = run(*sdlite_cli, "info", str(tmp_path / "b.sdc"))
     assert b"uniform" in result.stdout
-    for bad in (["--size", "lots"], ["--size", "1KB", "--bpp", "0.1"], ["--method", "magic"], ["--size", "3"]):
+    for bad, status in ((["--size", "lots"], 2), (["--size", "1KB", "--bpp", "0.1"], 2), (["--method", "magic"], 2),
+                        (["--size", "3"], 1)):  # 2: a usage error; 1: this picture cannot be that small
         result = run(*sdlite_cli, "encode", str(source), "-o", str(tmp_path / "c.sdc"), *bad, "--model", str(tiny_model))
-        assert result.returncode == 1 and result.stderr.decode().count("\n") == 1, result.stderr.decode()
+        assert result.returncode == status and result.stderr.decode().count("\n") == 1, result.stderr.decode()
         assert not (tmp_path / "c.sdc").exists()
 
 
@@ -283,10 +285,58 @@ def test_a_manifest_with_bad_sensitivities_is_refused(tiny_model):
 
 
 def test_a_row_coded_in_pieces_gives_the_same_stream(monkeypatch):
-    from sdlite import predictive
+    from sdlite.methods import predictive
 
     model, levels = predictive_model(smooth_latent(channels=4, height=6, width=30), 0.1)
     whole = model.compress(levels)
     monkeypatch.setattr(predictive, "CHUNK_ENTRIES", 7 * (2 * model.largest + 1))
     assert model.compress(levels) == whole
     assert np.array_equal(model.decompress(whole, levels.shape), levels)
+
+
+# -- the quality scale ----------------------------------------------------------------------------------
+
+def test_residuals_beyond_the_alphabet_widen_the_channels_step_instead_of_clipping():
+    """Clipped levels would leave the decoded latent far from the encoder's at fine steps, so that a
+    higher quality gave a worse picture: the channel's step grows until its residuals fit."""
+    latent = smooth_latent(channels=4, height=12, width=14, seed=4) * 6
+    codes = np.array([-16, -8, 0, 4], np.int8)
+    step = 0.02
+    model, levels = predictive_model(latent, step, codes)
+    assert np.all(model.step_codes >= codes) and np.any(model.step_codes > codes)
+    assert np.abs(levels).max() <= LARGEST_RESIDUAL
+    decoded = PredictiveModel.from_bytes(model.to_bytes(), latent.shape).dequantize(levels, step)
+    steps = quantizer.channel_steps(step, model.step_codes)[:, None, None]
+    worst = max(DEAD_ZONE, 1 - DEAD_ZONE + model.offsets.max() / 256)
+    assert np.all(np.abs(decoded - latent) <= steps * worst * (1 + 1e-5))
+
+
+def test_the_step_falls_as_quality_rises_through_the_calibrated_points():
+    steps = [float(quantizer.step_for_quality(q)) for q in range(0, 101)]
+    assert all(a > b for a, b in zip(steps, steps[1:]))
+    assert (steps[0], steps[50], steps[100]) == (quantizer.COARSEST_STEP, quantizer.DEFAULT_STEP, quantizer.FINEST_STEP)
+    assert sdlite.DEFAULT_QUALITY == 50
+
+
+def scale_pictures() -> list:
+    """Three Kodak photos (a 256x192 crop of each) where they are here, else three made-up pictures."""
+    kodak = SHARED / "data" / "kodak"
+    names = ("kodim01", "kodim04", "kodim23")
+    if all((kodak / f"{name}.png").is_file() for name in names):
+        return [Image.open(kodak / f"{name}.png").convert("RGB").crop((128, 96, 384, 288)) for name in names]
+    return [photo(256, 192, seed=seed) for seed in range(3)]
+
+
+@pytest.mark.parametrize("method", list(methods.NAMES))
+def test_size_and_psnr_never_fall_as_quality_rises(taef2_model, method):
+    codec = sdlite.Codec.load(taef2_model)
+    coder = methods.by_name(method)
+    for picture in scale_pictures():
+        latent = codec.encode_latent(picture)
+        sizes, scores = [], []
+        for quality in range(0, 101, 10):
+            data = codec.pack(latent, *picture.size, quality, coder)
+            sizes.append(len(data))
+            scores.append(round(psnr(codec.decode(data), picture), 6))
+        assert sizes == sorted(sizes), sizes
+        assert scores == sorted(scores), scores

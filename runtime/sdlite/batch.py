@@ -18,8 +18,9 @@ from .codec import Codec
 from .errors import SdliteError
 from .networks.inference import available_cores
 
-# (codec, source name, target name) -> (bytes read, bytes written); raises SdliteError for a bad file
-Work = Callable[[Codec, str, str], tuple[int, int]]
+# (codec, source name, target name) -> (bytes read, bytes written, a one-line summary of the result);
+# raises SdliteError for a bad file
+Work = Callable[[Codec, str, str], tuple[int, int, str]]
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Outcome:
     warnings: list[str] = field(default_factory=list)
     bytes_in: int = 0
     bytes_out: int = 0
+    summary: str = ""
 
 
 def default_jobs(files: int) -> int:
@@ -41,7 +43,7 @@ def run_one(codec: Codec, work: Work, source: str, target: str) -> Outcome:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            outcome.bytes_in, outcome.bytes_out = work(codec, source, target)
+            outcome.bytes_in, outcome.bytes_out, outcome.summary = work(codec, source, target)
         except SdliteError as exc:
             outcome.error = str(exc)
     # A decompression bomb's warning is followed by its refusal, which says it.

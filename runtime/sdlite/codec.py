@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from . import effort as effort_levels
 from . import images, methods, ratecontrol
 from .container import SdcFile
 from .errors import SdliteError
-from .manifest import Manifest, load_manifest, verified_graph_bytes
+from .manifest import TIMED_SIDE, Manifest, load_manifest, verified_graph_bytes
 from .methods import Coded, Method, ModelParts
 from .methods.quantizer import step_for_quality
 from .models import find_model
@@ -142,6 +144,19 @@ class Codec:
         return SdcFile(latent_space_id=self.manifest.latent_space_id, width=width, height=height,
                        latent_shape=latent_shape, step=coded.step, quality=int(quality),
                        model_params=coded.model_block, payload=coded.payload, method=coder.id).to_bytes()
+
+    def decode_seconds(self, width: int, height: int) -> float:
+        """About how long the decoder takes on a picture of this size: its time at export scaled by the
+        pixels (inf where the manifest has no time)."""
+        seconds = self.networks.export_seconds("decoder")
+        return math.inf if seconds is None else seconds * width * height / TIMED_SIDE**2
+
+    def round_trip_psnr(self, image: images.ImageSource, data: bytes) -> float:
+        """The PSNR in dB of the picture that `data` decodes to against `image` (RGB, 8 bits): one decode."""
+        with warnings.catch_warnings():  # what the encode said about the image (alpha dropped, ...) is said
+            warnings.simplefilter("ignore")
+            original = images.open_image(image, self.max_pixels)
+        return images.psnr(self.decode(data), original)
 
     def decode(self, data: bytes) -> Image.Image:
         """The image stored in .sdc bytes, at its original size."""

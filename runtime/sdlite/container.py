@@ -22,7 +22,7 @@ _LENGTH = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SdcFile:
     latent_space_id: bytes
     width: int
@@ -33,6 +33,14 @@ class SdcFile:
     model_params: bytes
     payload: bytes
     method: int = 0
+
+    def __repr__(self) -> str:
+        """The header's fields, and only the sizes of the parameters and payload (which can be megabytes)."""
+        method = METHODS[self.method].name if self.method in METHODS else self.method
+        return (f"SdcFile({self.width}x{self.height}, latent {'x'.join(map(str, self.latent_shape))}, "
+                f"method {method}, quality {self.quality}, step {self.step:.6g}, "
+                f"latent space {self.latent_space_id.hex()}, model parameters {len(self.model_params)} bytes, "
+                f"payload {len(self.payload)} bytes)")
 
     def to_bytes(self) -> bytes:
         channels, latent_height, latent_width = self.latent_shape

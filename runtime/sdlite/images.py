@@ -8,6 +8,7 @@ decoded, colours are brought to sRGB through the file's ICC profile, and whateve
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -121,3 +122,10 @@ def from_array(array: np.ndarray, width: int, height: int) -> Image.Image:
         np.clip(band, 0, 255, out=band)
         pixels[top:top + ROWS_PER_BAND] = band
     return Image.fromarray(pixels, "RGB")
+
+
+def psnr(decoded: Image.Image, original: Image.Image) -> float:
+    """Peak signal-to-noise ratio in dB of two RGB pictures of one size, over their 8-bit values."""
+    difference = np.asarray(decoded, np.float64) - np.asarray(original, np.float64)
+    mse = float(np.mean(difference**2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)

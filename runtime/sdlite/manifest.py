@@ -40,7 +40,7 @@ class Graph:
     # Peak bytes of a run on a square of n latent cells: fixed + linear * n + quadratic * n**2, measured
     # at export; what tiling plans with. None in manifests from before it was recorded.
     memory: list[float] | None = None
-    seconds: float | None = None  # per run at the export's check size, on the export machine's CPU
+    seconds: float | None = None  # per run on a TIMED_SIDE square picture, on the export machine's CPU
     # This graph cut before each group norm and attention (see lockstep.py); None for graphs without
     # group norms, and in older manifests.
     segments: Segmented | None = None
@@ -85,6 +85,7 @@ class Segmented:
 
 
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
+TIMED_SIDE = 256  # the side of the picture the export times each graph on (Graph.seconds)
 FP32 = "fp32"
 
 

@@ -12,7 +12,8 @@ MODELS_DIR_ENV = "SDLITE_MODELS_DIR"
 
 
 def models_dir() -> Path:
-    return Path(os.environ.get(MODELS_DIR_ENV, "models"))
+    """$SDLITE_MODELS_DIR, or models/ in the current folder (where scripts/demo.sh installs its model)."""
+    return Path(os.environ.get(MODELS_DIR_ENV) or "models")
 
 
 def installed_models(directory: Path | None = None) -> list[Path]:
@@ -40,7 +41,9 @@ def find_model(model: str | os.PathLike | None = None, latent_space: bytes | Non
 
     candidates = installed_models()
     if not candidates:
-        raise SdliteError(f"no model installed in {models_dir()}/: run `python -m export build` or pass --model")
+        raise SdliteError(f"no model installed in {models_dir().absolute()} (the models folder: ${MODELS_DIR_ENV}, "
+                          f"or models/ in the current folder): export one there with `python -m export build`, "
+                          f"or name a model folder")
     if len(candidates) > 1 and latent_space is not None:
         candidates = [p for p in candidates if load_manifest(p).latent_space_id == latent_space] or candidates
     if len(candidates) > 1:

@@ -3,7 +3,9 @@ vectors with Floyd-Steinberg error diffusion, and stored losslessly (palette byt
 through the adaptive order-0 range coder).
 
 The seed always used 256 entries (quality 100 here); lower qualities halve the palette every
-QUALITY_PER_OCTAVE points, down to 2 entries.
+QUALITY_PER_HALVING points, in powers of two, down to 16 entries at quality 0. Dithering makes a
+palette's picture noisy: a palette only a little larger (21 entries against 16, or 4 against 2) can
+score lower, so the sizes go by doublings, and not below 16, so that a higher quality never looks worse.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import numpy as np
 
 from ..errors import SdliteError
 from .base import Coded, Method
-from .quantizer import QUALITY_PER_OCTAVE
 from .uniform import AdaptiveCategorical
 LARGEST_PALETTE = 256
+SMALLEST_PALETTE = 16
+QUALITY_PER_HALVING = 25.0
 LATENT_RANGE = 1e4  # a channel's 8-bit range must lie within +-LATENT_RANGE
 KMEANS_ROUNDS = 8
 KMEANS_SAMPLES = 1 << 15  # the palette is fitted on at most this many latent vectors (evenly spaced)
@@ -25,7 +28,8 @@ _HEAD = struct.Struct("<H")
 
 
 def palette_size(quality: float) -> int:
-    return int(np.clip(np.rint(LARGEST_PALETTE * 2.0 ** ((quality - 100) / QUALITY_PER_OCTAVE)), 2, LARGEST_PALETTE))
+    doublings = np.rint(np.log2(LARGEST_PALETTE / SMALLEST_PALETTE) - (100 - quality) / QUALITY_PER_HALVING)
+    return int(SMALLEST_PALETTE * 2 ** np.clip(doublings, 0, np.log2(LARGEST_PALETTE / SMALLEST_PALETTE)))
 
 
 class PaletteModel:

@@ -78,18 +78,32 @@ class PredictiveModel:
 
     @classmethod
     def quantize(cls, latent: np.ndarray, step: float, step_codes: np.ndarray) -> tuple[PredictiveModel, np.ndarray]:
-        """The model and levels for a latent (C, H, W) at a global step. Two passes: the second refits the
-        taps on the first pass's reconstruction (what the decoder predicts from) and sets the offsets."""
+        """The model and levels for a latent (C, H, W) at a global step. A channel whose residuals would
+        need more than LARGEST_RESIDUAL steps gets a coarser step (its code raised in the file) instead
+        of clipped levels: clipping would move the decoded latent away from the encoder's, further the
+        finer the step, so that a higher quality would give a worse picture."""
         latent = latent.astype(np.float32)
+        codes = np.asarray(step_codes, np.int8)
+        while True:
+            model, levels, residuals = cls._fit(latent, step, codes)
+            widened = _codes_within_alphabet(codes, residuals)
+            if np.array_equal(widened, codes):
+                return model, levels
+            codes = widened
+
+    @classmethod
+    def _fit(cls, latent: np.ndarray, step: float, step_codes: np.ndarray):
+        """Two passes: the second refits the taps on the first pass's reconstruction (what the decoder
+        predicts from) and sets the offsets. The model, its levels and the residuals in steps."""
         channels = latent.shape[0]
         means = np.clip(np.rint(latent.mean(axis=(1, 2)) * MEAN_UNIT), -127, 127).astype(np.int8)
         model = cls(step_codes, means, _fit_taps(latent, latent, means), np.zeros(channels, np.uint8), LARGEST_RESIDUAL)
         levels, reconstruction, residuals = model._closed_loop(latent, step)
         model.weights = _fit_taps(latent, reconstruction, means)
         model.offsets = _centroid_offsets(levels, residuals)
-        levels, _, _ = model._closed_loop(latent, step)
+        levels, _, residuals = model._closed_loop(latent, step)
         model.largest = int(np.abs(levels).max(initial=0))
-        return model, levels
+        return model, levels, residuals
 
     def dequantize(self, levels: np.ndarray, step: float) -> np.ndarray:
         _, reconstruction, _ = self._closed_loop(None, step, levels)
@@ -235,6 +249,16 @@ def _fit_taps(target: np.ndarray, source: np.ndarray, means: np.ndarray) -> np.n
         solution /= max(1.0, np.abs(solution).sum())
         taps[channel] = np.trunc(solution * WEIGHT_UNIT)  # truncation keeps the sum of magnitudes <= 1
     return taps
+
+
+def _codes_within_alphabet(codes: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """The step codes raised, for each channel with a residual beyond the largest level, by the octaves
+    (in eighths) that bring it within; no higher than LARGEST_STEP_CODE."""
+    peak = np.abs(residuals).max(axis=(1, 2)).astype(np.float64)
+    clipped = np.floor(peak + (1 - DEAD_ZONE)) > LARGEST_RESIDUAL
+    raise_by = np.ceil(quantizer.STEP_CODES_PER_OCTAVE * np.log2(np.maximum(peak, 1.0) / LARGEST_RESIDUAL))
+    raised = codes.astype(np.int64) + np.where(clipped, np.maximum(raise_by, 1), 0).astype(np.int64)
+    return np.minimum(raised, quantizer.LARGEST_STEP_CODE).astype(np.int8)
 
 
 def _centroid_offsets(levels: np.ndarray, residuals: np.ndarray) -> np.ndarray:

@@ -11,11 +11,18 @@ import numpy as np
 from ..errors import SdliteError
 from .base import Coded, EffortSearch, Method, ModelParts, finite
 
-# Latents are scaled to about unit variance by the export, so one table of steps serves every model:
-# quality 100 is near-lossless in the latent (step 1/64), quality 0 (step 16) keeps only the broadest
-# strokes, for files of a few hundredths of a bit per pixel.
-FINEST_STEP = 1.0 / 64.0
-QUALITY_PER_OCTAVE = 10.0
+# Latents are scaled to about unit variance by the export, so one scale of steps serves every model. It
+# spans the range where the codec is of use (docs/CLI.md has the sizes and PSNR on Kodak): quality 0
+# (step 5) is the smallest file whose picture is still recognisable (coarser steps decode to a grid);
+# quality 100 (step 1/4) is where TAEF2 stops gaining (finer steps add under 0.2 dB); the default, 50
+# (step 5/2), gives about 0.3 bits per pixel, the top of the range where the codec competes with JPEG
+# (JPEG cannot make files below about 0.15 bpp, and pulls ahead in PSNR above 0.3).
+# The step falls one octave from 0 to 50 and a decade from 50 to 100: at coarse steps a small change
+# of step changes the picture a lot, at fine steps little, and this keeps the PSNR gained per point of
+# quality about even over the scale.
+COARSEST_STEP = 5.0
+DEFAULT_STEP = 2.5
+FINEST_STEP = 0.25
 LARGEST_LEVEL = 2047  # the coder's alphabet is bounded so a hostile header cannot ask for huge tables
 
 # A channel's step is the global step times 2^(code / STEP_CODES_PER_OCTAVE); the codes travel in the
@@ -27,9 +34,12 @@ LARGEST_STEP_CODE = 4 * STEP_CODES_PER_OCTAVE  # channel steps within 1/16 .. 16
 
 
 def step_for_quality(quality: float) -> np.float32:
+    """The global step: log-linear from COARSEST_STEP at 0 to DEFAULT_STEP at 50, and on to FINEST_STEP at 100."""
     if not 0 <= quality <= 100:
         raise SdliteError(f"quality must be between 0 and 100, got {quality}")
-    return np.float32(FINEST_STEP * 2.0 ** ((100 - quality) / QUALITY_PER_OCTAVE))
+    if quality <= 50:
+        return np.float32(COARSEST_STEP * (DEFAULT_STEP / COARSEST_STEP) ** (quality / 50))
+    return np.float32(DEFAULT_STEP * (FINEST_STEP / DEFAULT_STEP) ** ((quality - 50) / 50))
 
 
 def quantize(latent: np.ndarray, step: np.float32) -> np.ndarray:

@@ -93,6 +93,10 @@ class Networks:
     def decoder(self) -> Graph:
         return self._graph("decoder")
 
+    def export_seconds(self, role: str) -> float | None:
+        """The chosen graph's time per run at the export's timing size (None where not recorded)."""
+        return self._chosen(role)[1].seconds
+
     def precision_of(self, role: str) -> str:
         """The precision that runs as the encoder or decoder (auto resolved)."""
         return self._chosen(role)[0]
