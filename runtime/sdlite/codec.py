@@ -42,6 +42,16 @@ PICTURE_BYTES_PER_PIXEL = 16
 GRADIENT_MEMORY_FACTOR = 3
 
 
+def read_sdc(source: bytes | str | os.PathLike) -> bytes:
+    """The bytes of .sdc data given as bytes or as a path (bytes(Path) would be the path's own text)."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return Path(source).read_bytes()
+        except OSError as exc:
+            raise SdliteError(f"cannot read {source}: {exc.strerror or exc}") from None
+    return bytes(source)
+
+
 class Codec:
     """One model's encoder and decoder, loaded once and reused for every image; safe to share between threads.
 
@@ -306,17 +316,17 @@ class Codec:
             method=coder.method_id,
         ).to_bytes()
 
-    def decode(self, data: bytes) -> Image.Image:
-        """The image stored in .sdc bytes, at its original size."""
-        sdc = SdcFile.from_bytes(data)
+    def decode(self, data: bytes | str | os.PathLike) -> Image.Image:
+        """The image stored in .sdc bytes, or in the .sdc file at a path, at its original size."""
+        sdc = SdcFile.from_bytes(read_sdc(data))
         latent = self.decode_latent(sdc)
         return images.from_array(self.run_decoder(latent[None]), sdc.width, sdc.height)
 
-    def decode_latent(self, data: bytes | SdcFile) -> np.ndarray:
+    def decode_latent(self, data: bytes | str | os.PathLike | SdcFile) -> np.ndarray:
         """The dequantized latent (channels, height, width) stored in .sdc bytes. It is computed from
         integers and one float32 multiply, without the neural network, so it is the same on every
         machine, provider and thread count."""
-        sdc = data if isinstance(data, SdcFile) else SdcFile.from_bytes(data)
+        sdc = data if isinstance(data, SdcFile) else SdcFile.from_bytes(read_sdc(data))
         self.check_compatible(sdc)
         model = methods.METHODS[sdc.method].from_bytes(sdc.model_params, sdc.latent_shape)
         levels = model.decompress(sdc.payload, sdc.latent_shape)

@@ -94,7 +94,7 @@ def cache_dir() -> Path:
 def _cpu_identity() -> str:
     """What the optimised graph depends on besides the graph: onnxruntime lays convolutions out for
     the CPU's vector width, so a cache must not travel to another kind of CPU."""
-    identity = platform.machine() + platform.processor()
+    identity = platform.machine()  # not platform.processor(): on Linux it runs `uname -p` found on $PATH
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             identity += next((line for line in f if line.startswith("flags")), "")
