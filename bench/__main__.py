@@ -81,6 +81,17 @@ def entropy(
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def fuzz(context: typer.Context) -> None:
+    """Hostile .sdc files and hostile model folders (`python -m bench fuzz --help`)."""
+    import sys
+
+    from .fuzz import main as run
+
+    sys.argv = ["python -m bench fuzz", *context.args]
+    raise typer.Exit(run())
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def rd(context: typer.Context) -> None:
     """Rate-distortion: sdlite's methods against JPEG, WebP, AVIF and JPEG XL (`python -m bench rd --help`)."""
     from .rd import main as run
