@@ -390,3 +390,9 @@ def test_a_broken_model_is_reported_for_itself_only(tiny_model, tmp_path, sdc_fi
     assert info.returncode == 0 and "(model good)" in info.stdout.decode()
     decoded = run(*SDLITE, "decode", str(sdc_file), "-o", str(tmp_path / "out.png"), env=env)
     assert decoded.returncode == 0, decoded.stderr.decode()
+
+
+def test_a_graph_name_too_long_for_the_file_system_is_one_clear_error(model_copy):  # noqa: F811
+    edit_manifest(model_copy, decoder__file="x" * 5000)
+    with pytest.raises(sdlite.SdliteError, match="graph path 'x+' is invalid"):
+        sdlite.Codec.load(model_copy, precision="fp32").decoder

@@ -222,7 +222,11 @@ def graph_path(folder: Path, graph: Graph) -> Path:
         raise SdliteError(f"model {folder}: graph path {graph.file!r} is invalid ({exc})") from None
     if not path.is_relative_to(folder.resolve()):
         raise SdliteError(f"model {folder}: graph path {graph.file!r} points outside the model folder")
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # a name too long for the file system, say
+        raise SdliteError(f"model {folder}: graph path {graph.file[:100]!r} is invalid ({exc.strerror})") from None
+    if not is_file:
         raise SdliteError(f"model {folder}: graph file {graph.file} is missing")
     return path
 

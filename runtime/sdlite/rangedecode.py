@@ -59,7 +59,7 @@ def _check(status: int) -> None:
     if status == CUT_SHORT:
         raise SdliteError("corrupt file: the payload is cut short (or damaged): it ends before its last symbol")
     if status == NO_MEMORY:
-        raise MemoryError
+        raise SdliteError("not enough memory for the entropy decoder's tables")
 
 
 def decode_adaptive(payload: bytes, shape: tuple[int, int, int], sizes: np.ndarray) -> np.ndarray:
