@@ -432,11 +432,10 @@ def stdout_failure() -> Optional[str]:
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
-    status = 0
     try:
-        app(prog_name="sdlite")
+        app(prog_name="sdlite")  # exits (SystemExit) when it is done
     except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
+        status = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
         if not STOPPED_BY:  # a stop that click turned into its own exit ("Aborted!") is still a stop
             failure = stdout_failure()
             if failure:
@@ -458,16 +457,11 @@ def main() -> None:
             # A bug of ours: still one line for the user, and a way to see more.
             typer.echo(f"sdlite: internal error: {type(exc).__name__}: {exc} (please report it)", err=True)
             sys.exit(2)
-    else:
-        failure = stdout_failure()
-        if failure:
-            typer.echo(f"sdlite: error: {failure}", err=True)
-            sys.exit(1)
-        sys.exit(status)
     signum = STOPPED_BY[0] if STOPPED_BY else signal.SIGINT
-    discard_stdout()
+    discard_stdout()  # a stopped run's half-written stdout is not flushed at exit (which could fail, too)
     typer.echo("sdlite: terminated" if signum == signal.SIGTERM else "sdlite: interrupted", err=True)
     sys.exit(128 + signum)
+
 
 if __name__ == "__main__":
     main()
