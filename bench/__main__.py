@@ -1,4 +1,4 @@
-"""`python -m bench NAME`: the project's benchmarks (speed, learned, huge, tiles, rd, quality)."""
+"""`python -m bench NAME`: the project's benchmarks (speed, learned, huge, tiles, entropy, fuzz, rd, quality)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,30 @@ def tiles(
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "a", encoding="utf-8") as f:
         f.write(line + "\n")
+
+
+@app.command()
+def entropy(
+    model: Path = typer.Option(..., "--model", help="Exported model folder (its latents are coded)."),
+    images: int = typer.Option(4, "--images", min=0, help="Kodak photos to code (0: only the hostile files)."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Decodes per case (the best is reported)."),
+    out: Path = typer.Option(Path("bench/results/entropy.md"), "--out"),
+) -> None:
+    """Entropy decoding speed in symbols per second for each method, real latents and hostile files."""
+    from .entropy import main as run
+
+    run(model, images, repeats, out)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def fuzz(context: typer.Context) -> None:
+    """Hostile .sdc files and hostile model folders (`python -m bench fuzz --help`)."""
+    import sys
+
+    from .fuzz import main as run
+
+    sys.argv = ["python -m bench fuzz", *context.args]
+    raise typer.Exit(run())
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

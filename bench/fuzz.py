@@ -1,6 +1,6 @@
 """Fuzzing the .sdc reader: structured mutations of valid files, sent through the public decode path.
 
-    python -m bench.fuzz --inputs 100000 [--model DIR] [--seed 0] [--save-dir DIR]
+    python -m bench.fuzz --inputs 100000 [--folders 300] [--model DIR] [--seed 0] [--save-dir DIR]
 
 Every input must end in a decoded image or an `SdliteError` with a one-line message: anything else
 (another exception, an input slower than --timeout, a MemoryError under the address-space limit) is
@@ -343,6 +343,8 @@ def main() -> int:
     parser.add_argument("--memory-limit-mb", type=int, default=8192,
                         help="address-space limit, so a runaway allocation fails as a MemoryError")
     parser.add_argument("--save-dir", type=Path, help="write failing inputs and the slowest one here")
+    parser.add_argument("--folders", type=int, default=0,
+                        help="also this many hostile model folders (see bench/fuzz_models.py)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -355,6 +357,13 @@ def main() -> int:
         started = time.perf_counter()
         report = fuzz(codec, args.inputs, args.seed, args.timeout, heartbeat, progress=True)
         elapsed = time.perf_counter() - started
+        folder_failures = 0
+        if args.folders:
+            from .fuzz_models import fuzz_folders
+
+            heartbeat[0] = float("inf")  # each folder has its own alarm
+            folder_report, folder_failures = fuzz_folders(model, args.folders, args.seed)
+            print(folder_report)
     print(f"fuzz: model {model.name if args.model else 'tiny random VAE'}, seed {args.seed}, "
           f"max pixels {FUZZ_MAX_PIXELS}, timeout {args.timeout} s, address space {args.memory_limit_mb} MB")
     print(report.text(elapsed))
@@ -363,7 +372,7 @@ def main() -> int:
         (args.save_dir / "slowest.sdc").write_bytes(report.slowest[2])
         for number, (_, _, _, data) in enumerate(report.failures):
             (args.save_dir / f"failure-{number}.sdc").write_bytes(data)
-    return 1 if report.failures else 0
+    return 1 if report.failures or folder_failures else 0
 
 
 if __name__ == "__main__":

@@ -126,3 +126,33 @@ def test_the_user_gets_one_line_per_hostile_file(tiny_model, tmp_path):
     assert all(len(error_lines(decode, path)) == 1 for path in refused)  # every one refused, in one line
     assert all(len(error_lines(info, path)) <= 1 for path in refused)  # some have a readable header
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_hostile_model_folders_end_in_a_picture_or_one_clear_error(tiny_model):
+    from bench.fuzz_models import fuzz_folders
+
+    report, failures = fuzz_folders(tiny_model, 40, seed=1)
+    assert failures == 0, report
+    assert "read outside" not in report
+
+
+def test_the_folder_fuzzer_sees_a_read_outside_the_folder(tiny_model, monkeypatch):
+    # Without the scan and the empty external-data folder, onnxruntime reads ./secret.bin as it once did:
+    # the fuzzer must say so.
+    from bench import fuzz_models
+    from sdlite import inference
+
+    monkeypatch.setattr(inference, "check_self_contained", lambda graph, label: None)
+    monkeypatch.setattr(inference, "nowhere", lambda: "")
+    monkeypatch.setattr(fuzz_models, "LOCATIONS", ["secret.bin"])
+    monkeypatch.setattr(fuzz_models, "OFFSETS", [("0", "64")])
+    monkeypatch.setattr(fuzz_models.FolderMutator, "__init__", _only_external_data(fuzz_models.FolderMutator.__init__))
+    report, failures = fuzz_models.fuzz_folders(tiny_model, 4, seed=0)
+    assert "read outside the folder" in report and failures > 0, report
+
+
+def _only_external_data(init):
+    def patched(self, *args):
+        init(self, *args)
+        self.mutations = [self.external_data]
+    return patched

@@ -327,13 +327,13 @@ def test_the_optimised_graph_is_cached_and_a_damaged_cache_is_remade(tiny_model,
     manifest = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text())
     entry = manifest.decoder
     latent = np.random.default_rng(0).normal(size=(1, 4, 6, 5)).astype(np.float32)
-    first = Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)(latent)
+    first = Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, cache=True)(latent)
     cached = cached_graph_path(entry.sha256, ["CPUExecutionProvider"])
     assert cached.is_file() and [p.name for p in cached.parent.iterdir()] == [cached.name]
-    assert np.allclose(Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)(latent),
+    assert np.allclose(Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, cache=True)(latent),
                        first, atol=1e-5)
     cached.write_bytes(b"damaged")
-    again = Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)(latent)
+    again = Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, cache=True)(latent)
     assert np.allclose(again, first, atol=1e-5) and cached.stat().st_size > 1000
 
 
@@ -344,7 +344,7 @@ def test_the_session_kept_is_loaded_from_the_cache_even_when_it_was_just_written
     loaded = []
     monkeypatch.setattr(inference, "new_session", lambda model, *rest: loaded.append(model) or new_session(model, *rest))
     entry = sdlite.Manifest.from_json((tiny_model / "manifest.json").read_text()).decoder
-    Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, sha256=entry.sha256)
+    Graph(tiny_model / entry.file, "cpu", entry.input, entry.output, cache=True)
     assert loaded[1:] == [cached_graph_path(entry.sha256, ["CPUExecutionProvider"])]
 
 

@@ -7,6 +7,10 @@ worker then gets an equal share of the cores for onnxruntime's threads.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -52,16 +56,43 @@ def run_one(codec: Codec, work: Work, source: str, target: str) -> Outcome:
 
 
 _worker: tuple[Codec, Work] | None = None
+_busy = False
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _start_worker(codec: Codec, work: Work) -> None:
+def _start_worker(codec: Codec, work: Work, parent: int) -> None:
     global _worker
     _worker = codec, work
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """A worker whose parent is killed (even with SIGKILL) gets SIGTERM from the kernel, instead of living
+    on under init and writing outputs nobody waits for. It then stops the file under way (whose output
+    is written whole or not at all) and exits. Linux only: elsewhere, an orphan finishes its file."""
+    signal.signal(signal.SIGTERM, _stop_worker)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(128 + signal.SIGTERM)
+
+
+def _stop_worker(signum: int, frame) -> None:
+    if _busy:
+        raise KeyboardInterrupt  # unwinds the file under way, removing its temporary output
+    os._exit(128 + signum)
 
 
 def _in_worker(source: str, target: str) -> Outcome:
+    global _busy
     codec, work = _worker
-    return run_one(codec, work, source, target)
+    _busy = True
+    try:
+        return run_one(codec, work, source, target)
+    except KeyboardInterrupt:
+        os._exit(128 + signal.SIGTERM)
+    finally:
+        _busy = False
 
 
 def run_all(codec: Codec, work: Work, pairs: list[tuple[str, str]], jobs: int = 1) -> Iterator[Outcome]:
@@ -75,7 +106,7 @@ def run_all(codec: Codec, work: Work, pairs: list[tuple[str, str]], jobs: int = 
             yield run_one(codec, work, source, target)
         return
     worker_codec = codec.copy(threads=max(1, available_cores() // jobs))
-    pool = ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(worker_codec, work))
+    pool = ProcessPoolExecutor(jobs, initializer=_start_worker, initargs=(worker_codec, work, os.getpid()))
     try:
         futures = [pool.submit(_in_worker, source, target) for source, target in pairs]
         for future in as_completed(futures):

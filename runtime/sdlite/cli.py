@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -21,7 +22,7 @@ from .codec import DEFAULT_MAX_MEMORY, DEFAULT_MAX_PIXELS, DEFAULT_QUALITY, Code
 from .container import SdcFile
 from .effort import EFFORT_STEPS, MAX_EFFORT
 from .errors import SdliteError
-from .files import write_atomic
+from .files import check_replaceable, write_atomic
 from .networks.inference import DEVICES
 from .manifest import load_manifest
 from .models import installed_models, models_dir
@@ -121,14 +122,42 @@ def read_input(name: str) -> bytes:
 
 
 def refuse_existing(name: str, force: bool) -> None:
-    if not force and name != STDIO and os.path.lexists(name):
+    """Before the work: an output that --force may not replace, or that exists without it."""
+    if name == STDIO:
+        return
+    if force:
+        check_replaceable(Path(name))
+    elif os.path.lexists(name):
         raise SdliteError(f"{name} already exists (use --force to replace it)")
+
+
+def write_stdout(data: bytes) -> None:
+    """`data` on stdout, or one clear error when stdout is closed (`>&-`) or cannot take it (a full disk,
+    /dev/full, a closed pipe)."""
+    if sys.stdout is None:
+        raise SdliteError("cannot write to stdout: it is closed")
+    try:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    except OSError as exc:
+        discard_stdout()
+        raise SdliteError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+
+def discard_stdout() -> None:
+    """What is left in stdout's buffers goes nowhere, so Python's flush at exit has nothing to fail on."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        sys.stdout = None
 
 
 def write_output(name: Path | str, data: bytes, force: bool) -> None:
     if str(name) == STDIO:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        write_stdout(data)
         return
     try:
         write_atomic(Path(name), data, replace=force)
@@ -509,12 +538,35 @@ def stop(signum: int, frame) -> None:
     raise KeyboardInterrupt
 
 
+# What writing to a full disk, /dev/full or a dead terminal raises; files sdlite writes are reported
+# where they are written, so an OSError of these that reaches main() came from stdout.
+STDOUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EPIPE}
+
+
+def stdout_failure() -> Optional[str]:
+    """Why stdout cannot take what was printed to it (closed, a full disk, a closed pipe), or None."""
+    if sys.stdout is None:
+        return None  # closed from the start (`>&-`): Python drops what is printed, and so does sdlite
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        discard_stdout()
+        return f"cannot write to stdout: {exc.strerror or exc}"
+    except ValueError:  # closed by the program itself
+        return None
+    return None
+
+
 def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
     try:
         status = app(prog_name="sdlite", standalone_mode=False)  # typer turns a stop into status 130
         if not STOPPED_BY:
+            failure = stdout_failure()
+            if failure:
+                typer.echo(f"sdlite: error: {failure}", err=True)
+                sys.exit((status if isinstance(status, int) else 0) or 1)
             sys.exit(status if isinstance(status, int) else 0)
     except getattr(parser_errors, "NoArgsIsHelpError", ()) as exc:  # `sdlite` alone: the help (click >= 8.2)
         typer.echo(exc.ctx.get_help(), err=True)
@@ -527,10 +579,19 @@ def main() -> None:
         pass
     except Exception as exc:
         # A signal raised in the middle of a lock's bookkeeping can surface as another error: still a stop.
-        if not STOPPED_BY:  # a bug of ours: still one line for the user, and a way to see more
+        if not STOPPED_BY:
+            failure = stdout_failure()
+            if failure is None and isinstance(exc, OSError) and exc.errno in STDOUT_ERRNOS:
+                discard_stdout()  # the listing commands print straight to stdout; what they print it fails on
+                failure = f"cannot write to stdout: {exc.strerror}"
+            if failure:
+                typer.echo(f"sdlite: error: {failure}", err=True)
+                sys.exit(1)
+            # A bug of ours: still one line for the user, and a way to see more.
             typer.echo(f"sdlite: internal error: {type(exc).__name__}: {exc} (please report it)", err=True)
             sys.exit(2)
     signum = STOPPED_BY[0] if STOPPED_BY else signal.SIGINT
+    discard_stdout()  # a stopped run's half-written stdout is not flushed at exit (which could fail, too)
     typer.echo("sdlite: terminated" if signum == signal.SIGTERM else "sdlite: interrupted", err=True)
     sys.exit(128 + signum)
 

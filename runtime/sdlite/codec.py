@@ -30,6 +30,16 @@ DEFAULT_QUALITY = 50
 DEFAULT_MAX_PIXELS = 1 << 24
 
 
+def read_sdc(source: bytes | str | os.PathLike) -> bytes:
+    """The bytes of .sdc data given as bytes or as a path (bytes(Path) would be the path's own text)."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            return Path(source).read_bytes()
+        except OSError as exc:
+            raise SdliteError(f"cannot read {source}: {exc.strerror or exc}") from None
+    return bytes(source)
+
+
 class Codec:
     """One model's encoder, decoder and coding methods, loaded once and reused for every image; safe to
     share between threads. `networks` runs the graphs (see networks/runner.py for `precision`,
@@ -158,17 +168,17 @@ class Codec:
             original = images.open_image(image, self.max_pixels)
         return images.psnr(self.decode(data), original)
 
-    def decode(self, data: bytes) -> Image.Image:
-        """The image stored in .sdc bytes, at its original size."""
-        sdc = SdcFile.from_bytes(data)
+    def decode(self, data: bytes | str | os.PathLike) -> Image.Image:
+        """The image stored in .sdc bytes, or in the .sdc file at a path, at its original size."""
+        sdc = SdcFile.from_bytes(read_sdc(data))
         latent = self.decode_latent(sdc)
         return images.from_array(self.networks.run_decoder(latent[None]), sdc.width, sdc.height)
 
-    def decode_latent(self, data: bytes | SdcFile) -> np.ndarray:
-        """The dequantized latent (channels, height, width) stored in .sdc bytes. The step methods compute
-        it from integers and one float32 multiply, so it is the same on every machine, provider and
-        thread count; the learned method's levels are as exact, its synthesis graph is float."""
-        sdc = data if isinstance(data, SdcFile) else SdcFile.from_bytes(data)
+    def decode_latent(self, data: bytes | str | os.PathLike | SdcFile) -> np.ndarray:
+        """The dequantized latent (channels, height, width) stored in .sdc bytes or a file. The step methods
+        compute it from integers and one float32 multiply, so it is the same on every machine, provider
+        and thread count; the learned method's levels are as exact, its synthesis graph is float."""
+        sdc = data if isinstance(data, SdcFile) else SdcFile.from_bytes(read_sdc(data))
         self.check_compatible(sdc)
         return self.method(method_id=sdc.method).decode(sdc.model_params, sdc.payload, sdc.latent_shape, sdc.step)
 

@@ -90,6 +90,6 @@ def _read_block(data: bytes, position: int, what: str) -> tuple[bytes, int]:
     (length,) = _LENGTH.unpack_from(data, position)
     start = position + _LENGTH.size
     if len(data) < start + length:
-        raise SdliteError(f"truncated .sdc file: the {what} is cut short")
+        raise SdliteError(f"truncated .sdc file: the {what} {'are' if what.endswith('s') else 'is'} cut short")
     return data[start : start + length], start + length
 

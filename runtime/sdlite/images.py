@@ -66,6 +66,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         warnings.warn(SdliteWarning("alpha channel dropped: sdlite stores RGB only"), stacklevel=3)
     profile = image.info.get("icc_profile")
+    if image.mode == "F":
+        image = float_to_grey(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # Pillow's I -> RGB conversion clips instead of scaling 16-bit values down.
         scaled = np.asarray(image, dtype=np.float64) / 257.0
@@ -77,6 +79,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "La":  # premultiplied grey and alpha: Pillow converts it only by way of LA
         image = image.convert("LA")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def float_to_grey(image: Image.Image) -> Image.Image:
+    """An 8-bit grey image from a floating-point one (a float TIFF): values in [0, 1] are scaled to 0-255,
+    values in [0, 255] taken as they are. Pillow's own conversion clips, which turns [0, 1] into black."""
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise SdliteError("a floating-point image with NaN or infinite values cannot be encoded")
+    lowest, highest = values.min(initial=0.0), values.max(initial=0.0)
+    if lowest < 0 or highest > 255:
+        raise SdliteError(f"a floating-point image must hold values in [0, 1] or [0, 255], not "
+                          f"[{lowest:g}, {highest:g}]")
+    if highest <= 1:
+        values = values * 255.0
+    return Image.fromarray(np.rint(values).astype(np.uint8), "L")
 
 
 def to_srgb(image: Image.Image, icc_profile: bytes) -> Image.Image | None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, model_validator
+from pydantic.dataclasses import dataclass, rebuild_dataclass
 
 from .errors import SdliteError
 
@@ -15,7 +17,6 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "sdlite-model"
 MANIFEST_VERSION = 1
 MANIFEST_MAX_BYTES = 1 << 20  # a real one is about 2 kB; a larger one is not read at all
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def latent_space_id(latent_space: str) -> bytes:
@@ -31,27 +32,43 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass
+def _encodable(text: str) -> str:
+    """JSON may hold lone surrogates ("\\ud800"), which no file name or hash input can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, Strict(), AfterValidator(_encodable)]
+Name = Annotated[Text, Field(min_length=1)]
+Names = Annotated[list[Name], Field(min_length=1)]
+Finite = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Positive = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+Bytes = Annotated[float, Strict(), Field(ge=-(2.0**62), le=2.0**62, allow_inf_nan=False)]
+# Every value of a manifest is checked at load: a model folder may come from anywhere. Unknown keys are
+# refused, so that a misspelt one is not silently ignored.
+CHECKED = ConfigDict(extra="forbid")
+
+
+@dataclass(config=CHECKED)
 class Graph:
-    file: str
-    sha256: str
-    input: str | list[str]  # a list for a graph of several inputs (or outputs), in call order
-    output: str | list[str]
+    file: Name
+    sha256: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")]
+    input: Name | Names  # a list for a graph of several inputs (or outputs), in call order
+    output: Name | Names
     # Peak bytes of a run on a square of n latent cells: fixed + linear * n + quadratic * n**2, measured
     # at export; what tiling plans with. None in manifests from before it was recorded.
-    memory: list[float] | None = None
-    seconds: float | None = None  # per run on a TIMED_SIDE square picture, on the export machine's CPU
+    memory: tuple[Bytes, Annotated[NonNegative, Field(le=2.0**62)], Annotated[NonNegative, Field(le=2.0**62)]] | None = None
+    seconds: NonNegative | None = None  # per run on a TIMED_SIDE square picture, on the export machine's CPU
     # This graph cut before each group norm and attention (see lockstep.py); None for graphs without
     # group norms, and in older manifests.
     segments: Segmented | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Graph:
-        segments = data.get("segments")
-        return cls(**{**data, "segments": None if segments is None else Segmented.from_dict(segments)})
 
-
-@dataclass
+@dataclass(config=CHECKED)
 class Segment:
     """A piece of the decoder between two group norms or attentions (see lockstep.py): its graph, and
     what the runtime computes after it. For a norm: the normalised tensor the next segments read, its
@@ -60,28 +77,38 @@ class Segment:
     The last segment is followed by neither."""
 
     graph: Graph
-    normalised: str | None = None
-    groups: int | None = None
-    epsilon: float | None = None
-    attended: str | None = None
+    normalised: Name | None = None
+    groups: Annotated[int, Strict(), Field(ge=1, le=65535)] | None = None
+    epsilon: Annotated[float, Strict(), Field(gt=0, lt=1)] | None = None
+    attended: Name | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Segment:
-        return cls(**{**data, "graph": Graph.from_dict(data["graph"])})
+    @model_validator(mode="after")
+    def _one_kind(self) -> Segment:
+        if not (isinstance(self.graph.input, list) and isinstance(self.graph.output, list)):
+            raise ValueError("a segment's graph has lists of input and output names")
+        if self.graph.segments is not None:
+            raise ValueError("a segment is not cut again")
+        if self.normalised is not None and (self.groups is None or self.epsilon is None or self.attended):
+            raise ValueError("a norm needs groups and an epsilon, and is not an attention")
+        if self.attended is not None and len(self.graph.output) < 3:
+            raise ValueError("an attention needs q, kT and v")
+        return self
 
 
-@dataclass
+@dataclass(config=CHECKED)
 class Segmented:
     """A graph cut before each group norm and attention, for tiles that see the whole picture (see
     lockstep.py)."""
 
-    segments: list[Segment]
+    segments: Annotated[list[Segment], Field(min_length=1, max_length=4096)]
     # The most bytes of tensors held between two segments at once, per latent cell, run in one piece.
-    held_bytes_per_cell: float
+    held_bytes_per_cell: Annotated[Positive, Field(le=2.0**40)]
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Segmented:
-        return cls(**{**data, "segments": [Segment.from_dict(segment) for segment in data["segments"]]})
+    @model_validator(mode="after")
+    def _last_is_plain(self) -> Segmented:
+        if self.segments[-1].normalised or self.segments[-1].attended:
+            raise ValueError("the last segment is followed by nothing")
+        return self
 
 
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
@@ -89,36 +116,35 @@ TIMED_SIDE = 256  # the side of the picture the export times each graph on (Grap
 FP32 = "fp32"
 
 
-@dataclass
+@dataclass(config=CHECKED)
 class Variant:
     """The graphs in a lower precision, made at export, with what they cost in quality and gain in time."""
 
-    precision: str
-    devices: list[str]  # where this variant runs
+    precision: Literal["fp32", "int8", "bf16", "fp16"]
+    devices: list[Literal["cpu", "cuda"]]  # where this variant runs
     encoder: Graph
     decoder: Graph
     # PSNR (dB) of the decoded picture against the float32 chain's: "encoder" with this encoder and the
     # float32 decoder, "decoder" with the float32 encoder and this decoder.
-    psnr_db: dict[str, float]
+    psnr_db: dict[Literal["encoder", "decoder"], Finite]
     # Nodes kept in float32 because they overflow in this precision.
-    float32_nodes: list[str] = field(default_factory=list)
+    float32_nodes: list[Text] = field(default_factory=list)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Variant:
-        data = dict(data)
-        for graph in ("encoder", "decoder"):
-            data[graph] = Graph.from_dict(data[graph])
-        return cls(**data)
+    @model_validator(mode="after")
+    def _both_measured(self) -> Variant:
+        if set(self.psnr_db) != {"encoder", "decoder"}:
+            raise ValueError("psnr_db needs the encoder's and the decoder's")
+        return self
 
 
-@dataclass
+@dataclass(config=CHECKED)
 class LatentCodecEntry:
     """The learned method's parts: its parameters (integer hyper-synthesis and frequency tables, see
-    methods/learned.py) and its three graphs."""
+    methods/learned.py) and its graphs."""
 
-    file: str
-    sha256: str
-    source: str
+    file: Name
+    sha256: Annotated[str, Strict(), Field(pattern=r"^[0-9a-f]{64}$")]
+    source: Text
     analysis: Graph
     hyper_analysis: Graph
     synthesis: Graph
@@ -126,42 +152,46 @@ class LatentCodecEntry:
     # the encoder's effort; None where the export made no gradient graphs.
     code_vjp: Graph | None = None
 
-    @classmethod
-    def from_dict(cls, data: dict) -> LatentCodecEntry:
-        graphs = {name: Graph.from_dict(data[name]) for name in ("analysis", "hyper_analysis", "synthesis")
-                  if name in data}
-        if data.get("code_vjp") is not None:
-            graphs["code_vjp"] = Graph.from_dict(data["code_vjp"])
-        return cls(**{**data, **graphs})
-
     @property
     def graphs(self) -> dict[str, Graph]:
         graphs = {"analysis": self.analysis, "hyper_analysis": self.hyper_analysis, "synthesis": self.synthesis}
         return graphs | ({"code_vjp": self.code_vjp} if self.code_vjp else {})
 
 
-@dataclass
+@dataclass(config=CHECKED)
 class Manifest:
-    name: str
-    source: str
-    latent_space: str
-    latent_channels: int
-    downsampling_factor: int
-    scaling_factor: float
-    shift_factor: float
+    name: Name
+    source: Text
+    latent_space: Name
+    latent_channels: Annotated[int, Strict(), Field(ge=1, le=65535)]
+    downsampling_factor: Annotated[int, Strict(), Field(ge=1, le=64)]
+    scaling_factor: Finite
+    shift_factor: Finite
     encoder: Graph
     decoder: Graph
     # (latent, target) -> (image, gradient of the MSE w.r.t. the latent), for the encoder's effort;
     # optional: older model folders have none, and then only effort 0 is available.
     decoder_vjp: Graph | None = None
-    verification: dict = field(default_factory=dict)
-    versions: dict = field(default_factory=dict)
+    verification: dict[Text, Any] = field(default_factory=dict)
+    versions: dict[Text, Any] = field(default_factory=dict)
     variants: list[Variant] = field(default_factory=list)
     # How much each latent channel moves the decoded image (mean squared pixel change per unit of
     # squared latent change), measured by the export; empty when unknown, as in older manifests.
-    channel_sensitivity: list = field(default_factory=list)
+    channel_sensitivity: list[Positive] = field(default_factory=list)
     # The learned method's trained codec of this latent space; None where none was trained.
     latent_codec: LatentCodecEntry | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        coding = (self.encoder, self.decoder, *(g for v in self.variants for g in (v.encoder, v.decoder)))
+        if not all(isinstance(g.input, str) and isinstance(g.output, str) for g in coding):
+            raise ValueError("an encoder or decoder has one input and one output name")
+        gradient = self.decoder_vjp
+        if gradient is not None and not (isinstance(gradient.input, list) and isinstance(gradient.output, list)):
+            raise ValueError("decoder_vjp has lists of input and output names")
+        if self.channel_sensitivity and len(self.channel_sensitivity) != self.latent_channels:
+            raise ValueError("channel_sensitivity needs one positive number per latent channel")
+        return self
 
     @property
     def latent_space_id(self) -> bytes:
@@ -175,106 +205,37 @@ class Manifest:
     def from_json(cls, text: str) -> Manifest:
         try:
             data = json.loads(text)
-            if not isinstance(data, dict) or data.pop("format", None) != MANIFEST_FORMAT:
-                raise ValueError("not an sdlite model manifest")
-            if data.pop("format_version", None) != MANIFEST_VERSION:
-                raise ValueError("unsupported manifest version")
-            for graph in ("encoder", "decoder", "decoder_vjp"):
-                if graph == "decoder_vjp" and data.get(graph) is None:
-                    continue  # optional: older model folders have none
-                if not isinstance(data.get(graph), dict):
-                    raise ValueError(f"{graph} is not described")
-                data[graph] = Graph.from_dict(data[graph])
-            data["variants"] = [Variant.from_dict(variant) for variant in data.get("variants", [])]
-            if data.get("latent_codec") is not None:
-                if not isinstance(data["latent_codec"], dict):
-                    raise ValueError("latent_codec is not described")
-                data["latent_codec"] = LatentCodecEntry.from_dict(data["latent_codec"])
-            manifest = cls(**data)
-            manifest._check_values()
-        except (ValueError, TypeError, KeyError, RecursionError) as exc:
-            raise SdliteError(f"invalid model manifest: {exc}") from None
-        return manifest
-
-    def _check_values(self) -> None:
-        """A manifest comes with a downloaded model folder: every value is checked before it is used."""
-        for name in ("name", "source", "latent_space"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string")
-        for name, largest in (("latent_channels", 65535), ("downsampling_factor", 64)):
-            value = getattr(self, name)
-            if type(value) is not int or not 1 <= value <= largest:
-                raise ValueError(f"{name} must be a whole number from 1 to {largest}")
-        for name in ("scaling_factor", "shift_factor"):
-            value = getattr(self, name)
-            if type(value) not in (int, float) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number")
-        for variant in self.variants:
-            if variant.precision not in PRECISIONS:
-                raise ValueError(f"a variant's precision is not one of {', '.join(PRECISIONS)}")
-        coding = (self.encoder, self.decoder, *(g for v in self.variants for g in (v.encoder, v.decoder)))
-        for graph in coding:
-            if not all(isinstance(value, str) for value in (graph.file, graph.sha256, graph.input, graph.output)):
-                raise ValueError("graph file, sha256, input and output must be strings")
-        gradient = self.decoder_vjp
-        if gradient is not None:
-            names = (gradient.input, gradient.output)
-            if (not all(isinstance(value, str) for value in (gradient.file, gradient.sha256))
-                    or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n) for n in names)):
-                raise ValueError("decoder_vjp: file and sha256 must be strings, input and output lists of names")
-        for graph in coding:
-            if graph.segments is not None:
-                self._check_segmented(graph.file, graph.segments)
-        segment_graphs = [segment.graph for graph in coding if graph.segments for segment in graph.segments.segments]
-        codec = self.latent_codec
-        codec_graphs = list(codec.graphs.values()) if codec else []
-        for graph in codec_graphs:
-            names = (graph.input, graph.output)
-            if not all(isinstance(value, str) for value in (graph.file, graph.sha256)) or not all(
-                    isinstance(n, str) or isinstance(n, list) and n and all(isinstance(v, str) for v in n)
-                    for n in names):
-                raise ValueError("latent codec graphs: file and sha256 must be strings, input and output names")
-        if codec and not all(isinstance(value, str) for value in (codec.file, codec.sha256, codec.source)):
-            raise ValueError("latent_codec: file, sha256 and source must be strings")
-        for graph in (*coding, *([gradient] if gradient else []), *segment_graphs, *codec_graphs,
-                      *([codec] if codec else [])):
-            if not SHA256_HEX.fullmatch(graph.sha256):
-                raise ValueError(f"the sha256 of {graph.file!r} is not 64 hexadecimal digits")
-        sensitivity = self.channel_sensitivity
-        if not isinstance(sensitivity, list) or sensitivity and (
-                len(sensitivity) != self.latent_channels
-                or not all(type(s) in (int, float) and 0 < s < math.inf for s in sensitivity)):
-            raise ValueError("channel_sensitivity needs one positive number per latent channel")
-
-    @staticmethod
-    def _check_segmented(role: str, segmented: Segmented) -> None:
-        if not isinstance(segmented.segments, list) or not segmented.segments:
-            raise ValueError(f"the segments of {role} must be a list of at least one")
-        for segment in segmented.segments:
-            graph = segment.graph
-            if graph.segments is not None:
-                raise ValueError(f"the segments of {role} are not cut again")
-            if (not all(isinstance(value, str) for value in (graph.file, graph.sha256))
-                    or not all(isinstance(n, list) and n and all(isinstance(v, str) for v in n)
-                               for n in (graph.input, graph.output))):
-                raise ValueError(f"{role} segments: file and sha256 must be strings, input and output lists of names")
-            if segment.normalised is not None and (
-                    not isinstance(segment.normalised, str) or type(segment.groups) is not int or segment.groups < 1
-                    or type(segment.epsilon) not in (int, float) or not 0 < segment.epsilon < 1):
-                raise ValueError(f"{role} segments: a norm needs a tensor name, whole groups and an epsilon in (0, 1)")
-            if segment.attended is not None and (not isinstance(segment.attended, str) or segment.normalised
-                                                 or len(graph.output) < 3):
-                raise ValueError(f"{role} segments: an attention needs a tensor name and q, kT and v")
-        last = segmented.segments[-1]
-        held = segmented.held_bytes_per_cell
-        if last.normalised or last.attended or type(held) not in (int, float) or not 0 < held < math.inf:
-            raise ValueError(f"{role} segments: the last is followed by nothing, and they hold a positive size")
+        except (ValueError, RecursionError) as exc:
+            raise SdliteError(f"invalid model manifest: not JSON ({exc})") from None
+        if not isinstance(data, dict) or data.pop("format", None) != MANIFEST_FORMAT:
+            raise SdliteError("invalid model manifest: not an sdlite model manifest")
+        if data.pop("format_version", None) != MANIFEST_VERSION:
+            raise SdliteError("invalid model manifest: unsupported manifest version")
+        try:
+            return _MANIFEST.validate_python(data)
+        except ValidationError as exc:
+            raise SdliteError(f"invalid model manifest: {_first_error(exc)}") from None
+        except RecursionError:
+            raise SdliteError("invalid model manifest: nested too deeply") from None
 
     def graphs(self, precision: str) -> tuple[Graph, Graph] | None:
         """The encoder and decoder of one precision, None when the export made no such variant."""
         if precision == FP32:
             return self.encoder, self.decoder
         return next(((v.encoder, v.decoder) for v in self.variants if v.precision == precision), None)
+
+
+for _cut_later in (Graph, Segment, Segmented):  # they refer to each other
+    rebuild_dataclass(_cut_later)
+_MANIFEST = TypeAdapter(Manifest)
+
+
+def _first_error(error: ValidationError) -> str:
+    """pydantic's first complaint in one line: where in the manifest, and what is wrong there."""
+    first = error.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("function-", "tagged-union")))
+    message = first["msg"].replace("\n", " ")
+    return f"{where}: {message}" if where else message
 
 
 def graph_path(folder: Path, graph: Graph) -> Path:
@@ -285,7 +246,11 @@ def graph_path(folder: Path, graph: Graph) -> Path:
         raise SdliteError(f"model {folder}: graph path {graph.file!r} is invalid ({exc})") from None
     if not path.is_relative_to(folder.resolve()):
         raise SdliteError(f"model {folder}: graph path {graph.file!r} points outside the model folder")
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # a name too long for the file system, say
+        raise SdliteError(f"model {folder}: graph path {graph.file[:100]!r} is invalid ({exc.strerror})") from None
+    if not is_file:
         raise SdliteError(f"model {folder}: graph file {graph.file} is missing")
     return path
 

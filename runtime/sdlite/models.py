@@ -18,9 +18,18 @@ def models_dir() -> Path:
 
 def installed_models(directory: Path | None = None) -> list[Path]:
     directory = models_dir() if directory is None else directory
-    if not directory.is_dir():
+    try:
+        return sorted(p for p in directory.iterdir() if (p / MANIFEST_NAME).is_file())
+    except OSError:  # no such directory, or one this user cannot list
         return []
-    return sorted(p for p in directory.iterdir() if (p / MANIFEST_NAME).is_file())
+
+
+def latent_space_of(folder: Path) -> bytes | None:
+    """The model's latent space id; None for a broken model, which then only fails where it is chosen."""
+    try:
+        return load_manifest(folder).latent_space_id
+    except SdliteError:
+        return None
 
 
 def find_model(model: str | os.PathLike | None = None, latent_space: bytes | None = None) -> Path:
@@ -45,7 +54,7 @@ def find_model(model: str | os.PathLike | None = None, latent_space: bytes | Non
                           f"or models/ in the current folder): export one there with `python -m export build`, "
                           f"or name a model folder")
     if len(candidates) > 1 and latent_space is not None:
-        candidates = [p for p in candidates if load_manifest(p).latent_space_id == latent_space] or candidates
+        candidates = [p for p in candidates if latent_space_of(p) == latent_space] or candidates
     if len(candidates) > 1:
         names = ", ".join(p.name for p in candidates)
         raise SdliteError(f"several models installed ({names}): choose one with --model")

@@ -21,8 +21,9 @@ import struct
 import constriction
 import numpy as np
 
-from . import quantizer
+from .. import rangedecode
 from ..errors import SdliteError
+from . import quantizer
 
 
 WEIGHT_UNIT = 64  # prediction taps in 1/64; their magnitudes sum to at most 1, so rows cannot blow up
@@ -149,6 +150,7 @@ class PredictiveModel:
     def compress(self, levels: np.ndarray) -> bytes:
         if self.largest == 0:
             return b""  # every level is zero: the header says it all
+        rangedecode.check_work(rangedecode.predictive_table_entries(levels.shape, self.largest), writing=True)
         encoder = constriction.stream.queue.RangeEncoder()
         tables = _Tables(self.largest, levels.shape)
         for y in range(levels.shape[1]):
@@ -160,28 +162,12 @@ class PredictiveModel:
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def decompress(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-        if len(payload) % 4:
-            raise SdliteError("corrupt file: the payload is not a whole number of 32-bit words")
-        levels = np.zeros(shape, np.int32)
         if self.largest == 0:
             if payload:
                 raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
-            return levels
-        tables = _Tables(self.largest, shape)
-        try:
-            decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").astype(np.uint32))
-            for y in range(shape[1]):
-                contexts = tables.contexts(levels, y)
-                symbols = np.concatenate([decoder.decode(FAMILY, tables.probabilities(contexts[part]))
-                                          for part in tables.chunks(len(contexts))])
-                levels[:, y] = symbols.reshape(shape[0], shape[2]) - self.largest
-                tables.update(levels, y, contexts, symbols)
-            finished = decoder.maybe_exhausted()
-        except (ValueError, RuntimeError, AssertionError) as exc:
-            raise SdliteError(f"corrupt file: the payload cannot be decoded ({exc})") from None
-        if not finished:
-            raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
-        return levels
+            return np.zeros(shape, np.int32)
+        rangedecode.check_work(rangedecode.predictive_table_entries(shape, self.largest))
+        return rangedecode.decode_predictive(payload, shape, self.largest)
 
 
 class _Tables:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 import constriction
 
-from . import quantizer
+from .. import rangedecode
 from ..errors import SdliteError
+from . import quantizer
 from .quantizer import LARGEST_LEVEL, SteppedMethod
 
 INCREMENT = 16
@@ -86,6 +87,7 @@ class AdaptiveCategorical:
         return [c for c, size in enumerate(self.sizes) if size > 1]
 
     def compress(self, levels: np.ndarray) -> bytes:
+        rangedecode.check_work(rangedecode.adaptive_table_entries(levels.shape, self.sizes), writing=True)
         height, width = levels.shape[1:]
         symbols = (levels - self.lowest[:, None, None]).astype(np.int32)
         encoder = constriction.stream.queue.RangeEncoder()
@@ -97,23 +99,10 @@ class AdaptiveCategorical:
         return encoder.get_compressed().astype("<u4").tobytes()
 
     def decompress(self, payload: bytes, shape: tuple[int, int, int]) -> np.ndarray:
-        height, width = shape[1:]
-        if len(payload) % 4:
-            raise SdliteError("corrupt file: the payload is not a whole number of 32-bit words")
-        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-        symbols = np.zeros(shape, dtype=np.int32)
-        counts = _Counts(self.sizes)
-        try:
-            decoder = constriction.stream.queue.RangeDecoder(words)
-            for y in range(height):
-                for c in self._coded_channels():
-                    symbols[c, y] = decoder.decode(FAMILY, counts.table(c, width))
-                    counts.update(c, symbols[c, y])
-            finished = decoder.maybe_exhausted()
-        except (ValueError, RuntimeError, AssertionError) as exc:
-            raise SdliteError(f"corrupt file: the payload cannot be decoded ({exc})") from None
-        if not finished or (payload and not self._coded_channels()):  # the payload codes more than the header says
+        if payload and not self._coded_channels():  # the payload codes more than the header says
             raise SdliteError("corrupt file: the payload holds more data than the latent shape in the header")
+        rangedecode.check_work(rangedecode.adaptive_table_entries(shape, self.sizes))
+        symbols = rangedecode.decode_adaptive(payload, shape, self.sizes)
         return symbols + self.lowest[:, None, None].astype(np.int32)
 
 

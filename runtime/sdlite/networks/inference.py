@@ -1,12 +1,19 @@
 """onnxruntime sessions for the exported graphs, on the CPU or a CUDA GPU.
 
 A session is made once per graph and reused. Its optimised graph is cached on disk (keyed by the
-graph's sha256, the onnxruntime version, the providers and the CPU), so the second start of a
-process skips onnxruntime's graph optimisation. Threads follow the cores this process may use.
+sha256 of the very bytes optimised, the onnxruntime version, the providers and the CPU), so the second
+start of a process skips onnxruntime's graph optimisation. Threads follow the cores this process may
+use.
+
+A graph reaches onnxruntime only as bytes that hold all of it: one whose tensors refer to external
+data is refused (onnxscan.py), and onnxruntime is told to look for external data in an empty folder
+of this process's own, so that not even a reference the scan missed can read a file. What is cached
+is thus made from the graph's bytes alone, and found again only by their hash.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -14,6 +21,8 @@ import hashlib
 import io
 import os
 import platform
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import SdliteError
+from ..onnxscan import check_self_contained
 
 try:  # glibc's; elsewhere (macOS, Windows) freed memory is not kept back the same way
     _malloc_trim = ctypes.CDLL(None).malloc_trim
@@ -94,7 +104,7 @@ def cache_dir() -> Path:
 def _cpu_identity() -> str:
     """What the optimised graph depends on besides the graph: onnxruntime lays convolutions out for
     the CPU's vector width, so a cache must not travel to another kind of CPU."""
-    identity = platform.machine() + platform.processor()
+    identity = platform.machine()  # not platform.processor(): on Linux it runs `uname -p` found on $PATH
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             identity += next((line for line in f if line.startswith("flags")), "")
@@ -106,6 +116,15 @@ def _cpu_identity() -> str:
 def cached_graph_path(sha256: str, providers: list[str]) -> Path:
     key = hashlib.sha256(f"{sha256} {ort.__version__} {providers} {_cpu_identity()}".encode()).hexdigest()[:24]
     return cache_dir() / f"{key}.onnx"
+
+
+@functools.cache
+def nowhere() -> str:
+    """An empty folder, private to this process and removed at exit, where onnxruntime is told to find
+    the external data of graphs loaded from bytes (by default it looks in the current directory)."""
+    folder = tempfile.mkdtemp(prefix="sdlite-no-external-data-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def session_options(threads: int | None = None, arena: bool = True) -> ort.SessionOptions:
@@ -123,6 +142,7 @@ def session_options(threads: int | None = None, arena: bool = True) -> ort.Sessi
     # first run's chunks, at the same speed (measured 4.8 s a run either way).
     options.enable_mem_pattern = False
     options.enable_cpu_mem_arena = arena
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", nowhere())
     return options
 
 
@@ -143,18 +163,26 @@ class Graph:
     a call takes the inputs in that order and gives one array, or a tuple for several outputs."""
 
     def __init__(self, model: Path | bytes, device: str, input_name: str | Sequence[str],
-                 output_name: str | Sequence[str], sha256: str | None = None, threads: int | None = None,
+                 output_name: str | Sequence[str], cache: bool = False, threads: int | None = None,
                  label: str | None = None, arena: bool = True):
-        """`model` is a file, or the graph's bytes: what was checked is then exactly what runs, and an
-        ONNX external-data reference cannot make onnxruntime read files from elsewhere. With `sha256`
-        (of those bytes) the optimised graph is cached under it. `arena`: see session_options."""
+        """`model` is a file or the graph's bytes; either way onnxruntime gets the bytes, checked to hold
+        the whole graph (no external data), so what was read is exactly what runs. With `cache`, the
+        optimised graph is cached under the sha256 of those bytes. `arena`: see session_options."""
         providers = providers_for(device)
         self.path = None if isinstance(model, bytes) else Path(model)
         self.label = label or str(self.path or "the graph")
+        if self.path is not None:
+            try:
+                model = self.path.read_bytes()
+            except OSError as exc:
+                raise SdliteError(f"cannot read {self.label}: {exc.strerror or exc}") from None
+        check_self_contained(model, self.label)
         self.input_names = [input_name] if isinstance(input_name, str) else list(input_name)
         self.output_names = [output_name] if isinstance(output_name, str) else list(output_name)
         self.arena = arena
-        self.session = self._cached_session(model, providers, sha256, threads) if sha256 else None
+        self.session = None
+        if cache:
+            self.session = self._cached_session(model, providers, hashlib.sha256(model).hexdigest(), threads)
         if self.session is None:
             self.session = self._session(model, session_options(threads, arena), providers)
         self.on_cuda = self.session.get_providers()[0] == CUDA
@@ -162,13 +190,13 @@ class Graph:
             raise SdliteError("--device cuda: onnxruntime could not start CUDA (are the CUDA 12/13 and cuDNN 9 "
                               "libraries installed? pip install 'onnxruntime-gpu[cuda,cudnn]' brings them)")
 
-    def _session(self, model: Path | bytes, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    def _session(self, model: bytes, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
         try:
             return new_session(model, options, providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
             raise SdliteError(f"cannot load {self.label}: {str(exc).splitlines()[0]}") from None
 
-    def _cached_session(self, model: Path | bytes, providers: list[str], sha256: str,
+    def _cached_session(self, model: bytes, providers: list[str], sha256: str,
                         threads: int | None) -> ort.InferenceSession | None:
         """A session from the cached optimised graph, made and cached first if there is none; None when
         the cache cannot be used (a read-only home, say), so the caller optimises in memory instead.
@@ -187,7 +215,7 @@ class Graph:
                 cached.unlink(missing_ok=True)
         return None
 
-    def _write_cache(self, model: Path | bytes, providers: list[str], cached: Path, threads: int | None) -> bool:
+    def _write_cache(self, model: bytes, providers: list[str], cached: Path, threads: int | None) -> bool:
         """Optimises the graph into `cached`; False when the cache cannot be written."""
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ class Networks:
         with self._lock:  # two threads' first calls must not both load the graph
             if role not in self._graphs:
                 self._graphs[role] = Graph(verified_graph_bytes(self.folder, entry), self.device, entry.input,
-                                           entry.output, sha256=entry.sha256, threads=self.threads,
+                                           entry.output, cache=True, threads=self.threads,
                                            label=f"{self.folder / entry.file}")
             return self._graphs[role]
 
@@ -164,7 +164,7 @@ class Networks:
                 # Without arenas: each of some thirty sessions would keep the memory of its largest run,
                 # 6.5 GiB for tiles that hold 1.4 GiB between segments (SD decoder, 768x512 in tiles of 43).
                 self._segments[role] = [Graph(verified_graph_bytes(self.folder, s.graph), self.device, s.graph.input,
-                                              s.graph.output, sha256=s.graph.sha256, threads=self.threads,
+                                              s.graph.output, cache=True, threads=self.threads,
                                               label=f"{self.folder / s.graph.file}", arena=False) for s in segments]
         return run_segments(segments, self._segments[role], [np.ascontiguousarray(tile.of(array, input_factor))
                                                              for tile in tiles],
@@ -176,7 +176,7 @@ class Networks:
         with self._lock:
             if role not in self._method_graphs:
                 self._method_graphs[role] = Graph(verified_graph_bytes(self.folder, entry), self.device, entry.input,
-                                                  entry.output, sha256=entry.sha256, threads=self.threads,
+                                                  entry.output, cache=True, threads=self.threads,
                                                   label=f"{self.folder / entry.file}")
             return self._method_graphs[role]
 
