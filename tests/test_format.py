@@ -166,7 +166,7 @@ FORGERIES = {
     "a header bit flipped": lambda d: d[:20] + bytes([d[20] ^ 4]) + d[21:],
     "a payload bit flipped": lambda d: d[:-6] + bytes([d[-6] ^ 1]) + d[-5:],
     "version 2": lambda d: patched(d, 4, b"\x02"),
-    "method 3, not assigned": lambda d: patched(d, 5, b"\x03"),
+    "method 4, not assigned": lambda d: patched(d, 5, b"\x04"),
     "method 255": lambda d: patched(d, 5, b"\xff"),
     "another latent space": lambda d: patched(d, 6, b"\x00" * 8),
     "zero width": lambda d: patched(d, 14, struct.pack("<I", 0)),
