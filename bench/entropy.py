@@ -17,8 +17,8 @@ from PIL import Image
 import sdlite
 from sdlite import methods, rangedecode
 from sdlite.container import SdcFile
-from sdlite.entropy import AdaptiveCategorical
-from sdlite.predictive import PredictiveModel
+from sdlite.methods.uniform import AdaptiveCategorical
+from sdlite.methods.predictive import PredictiveModel
 
 KODAK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kodak"
 QUALITIES = (50, 90, 100)

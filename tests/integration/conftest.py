@@ -1,4 +1,5 @@
-"""Small randomly initialised VAEs, built and exported inside the test session (no network, no shared/)."""
+"""Small randomly initialised VAEs, built and exported inside the test session (no network, no shared/),
+for the tests that run the exported models end to end."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from bench.speed import SD1_CONFIG  # noqa: F401  (the full-size architecture, shared with the benchmark)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 TAEF2 = SHARED / "models" / "taef2"
 
@@ -47,7 +48,7 @@ def make_vae(config: dict, seed: int):
 
 
 def run(*args: str, env: dict | None = None, input: bytes | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """No time limit: how long a command takes depends on the machine's load, and no outcome may."""
+    """A command's run to its end: no time limit, which a correct build on a busy machine could exceed."""
     return subprocess.run(list(args), cwd=cwd, env={**os.environ, **(env or {})}, input=input, capture_output=True)
 
 

@@ -140,7 +140,7 @@ def test_the_folder_fuzzer_sees_a_read_outside_the_folder(tiny_model, monkeypatc
     # Without the scan and the empty external-data folder, onnxruntime reads ./secret.bin as it once did:
     # the fuzzer must say so.
     from bench import fuzz_models
-    from sdlite import inference
+    from sdlite.networks import inference
 
     monkeypatch.setattr(inference, "check_self_contained", lambda graph, label: None)
     monkeypatch.setattr(inference, "nowhere", lambda: "")

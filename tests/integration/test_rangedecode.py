@@ -11,9 +11,11 @@ import pytest
 
 import sdlite
 from sdlite import rangedecode
-from sdlite.container import METHOD_ADAPTIVE_CATEGORICAL, METHOD_PREDICTIVE, SdcFile
-from sdlite.entropy import AdaptiveCategorical, _varint, _zigzag
-from sdlite.predictive import PredictiveModel
+from sdlite.container import SdcFile
+from sdlite.methods.predictive import Predictive
+from sdlite.methods.uniform import Uniform
+from sdlite.methods.uniform import AdaptiveCategorical, _varint, _zigzag
+from sdlite.methods.predictive import PredictiveModel
 
 FAMILY = constriction.stream.model.Categorical(perfect=False)
 
@@ -140,8 +142,8 @@ def test_small_hostile_files_decode_their_latent_within_the_bound(tiny_model):
     shape = (manifest.latent_channels, latent_side, latent_side)
     zero_predictive = struct.pack("<H", 0) + bytes(6 * shape[0])
     wide = hostile_method_0(shape)
-    for method, params, payload in ((METHOD_PREDICTIVE, zero_predictive, b""),
-                                    (METHOD_ADAPTIVE_CATEGORICAL, wide, b"\x00" * 96)):
+    for method, params, payload in ((Predictive.id, zero_predictive, b""),
+                                    (Uniform.id, wide, b"\x00" * 96)):
         data = SdcFile(manifest.latent_space_id, side, side, shape, 1.0, 50, params, payload, method).to_bytes()
         assert len(data) < 400
         try:

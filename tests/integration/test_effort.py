@@ -75,17 +75,6 @@ def test_the_manifest_records_the_verified_gradient_graph(tiny_model):
     assert 0 < check["bound"] and check["max_abs_diff"] <= check["bound"]
 
 
-def test_histogram_rate_counts_code_lengths_and_points_to_cheaper_levels():
-    levels = np.zeros((2, 4, 4), dtype=np.int32)
-    levels[0, 0, :2] = 1  # channel 0: fourteen zeros and two ones; channel 1: all zeros
-    bits, slope = effort.histogram_rate(levels)
-    # smoothed counts: channel 0 over levels -1..2 is 0.5, 14.5, 2.5, 0.5 of 18; channel 1 over -1..1 is 0.5, 16.5, 0.5 of 17.5
-    expected = -14 * np.log2(14.5 / 18) - 2 * np.log2(2.5 / 18) - 16 * np.log2(16.5 / 17.5)
-    assert bits == pytest.approx(expected)
-    assert slope[0, 0, 0] > 0  # a one costs more bits going up than coming down to zero
-    assert slope[1, 0, 0] == pytest.approx(0.0)  # all zeros: both neighbours equally rare
-
-
 def distortion_and_levels(codec, data: bytes, pixels: np.ndarray) -> tuple[float, np.ndarray]:
     """The decoded latent's MSE to the padded picture (unrounded, as the search measures it), and its levels."""
     sdc = SdcFile.from_bytes(data)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import zlib
 
 import numpy as np
 import pytest
@@ -49,12 +48,6 @@ def test_any_image_mode_is_encoded(codec, mode):
     assert image.mode == mode
     decoded = codec.decode(codec.encode(image))
     assert decoded.size == (33, 17)
-
-
-def test_sixteen_bit_grey_is_scaled_not_clipped():
-    ramp = Image.fromarray(np.linspace(0, 65535, 256).astype(np.uint16).reshape(1, 256))
-    grey = np.asarray(images.to_rgb(ramp))[0, :, 0]
-    assert grey[0] == 0 and grey[-1] == 255 and np.all(np.diff(grey.astype(int)) >= 0)
 
 
 def test_alpha_is_dropped_with_a_warning(codec):
@@ -116,36 +109,6 @@ def test_a_file_from_another_latent_space_is_refused(codec, other_model):
         codec.decode(foreign)
 
 
-@pytest.mark.parametrize("cut", [0, 3, 4, 20, 40, -5, -1])
-def test_truncated_files_are_refused(codec, cut):
-    data = codec.encode(photo(40, 24))
-    with pytest.raises(sdlite.SdliteError, match="truncated|not an .sdc|checksum"):
-        codec.decode(data[:cut])
-
-
-def test_every_single_bit_flip_is_refused_or_harmless(codec):
-    data = bytearray(codec.encode(photo(40, 24)))
-    for position in range(len(data)):
-        for bit in (0, 5):
-            corrupted = bytearray(data)
-            corrupted[position] ^= 1 << bit
-            with pytest.raises(sdlite.SdliteError):
-                codec.decode(bytes(corrupted))
-
-
-def test_a_corrupt_payload_with_a_valid_checksum_ends_in_a_clear_error_or_an_image(codec):
-    sdc = SdcFile.from_bytes(codec.encode(photo(40, 24)))
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        payload = bytes(rng.integers(0, 256, len(sdc.payload), dtype=np.uint8))
-        forged = SdcFile(sdc.latent_space_id, sdc.width, sdc.height, sdc.latent_shape, sdc.step, sdc.quality,
-                         sdc.model_params, payload).to_bytes()
-        try:
-            assert codec.decode(forged).size == (40, 24)
-        except sdlite.SdliteError:
-            pass
-
-
 def test_header_sizes_that_do_not_fit_the_model_are_refused(codec):
     sdc = SdcFile.from_bytes(codec.encode(photo(40, 24)))
     forged = SdcFile(sdc.latent_space_id, 4000, 24, sdc.latent_shape, sdc.step, sdc.quality,
@@ -167,6 +130,3 @@ def test_a_tampered_graph_is_refused(tiny_model, tmp_path):
         sdlite.Codec.load(copy, precision="fp32").decode(sdlite.Codec.load(tiny_model).encode(photo(8, 8)))
 
 
-def test_checksum_is_crc32_of_everything_before_it(codec):
-    data = codec.encode(photo(16, 16))
-    assert int.from_bytes(data[-4:], "little") == zlib.crc32(data[:-4])

@@ -20,10 +20,11 @@ import pytest
 from PIL import Image
 
 import sdlite
-from sdlite import batch, inference, onnxscan
+from sdlite import batch, onnxscan
+from sdlite.networks import inference
 from sdlite.container import SdcFile
 from sdlite.files import write_atomic
-from sdlite.inference import Graph, cached_graph_path
+from sdlite.networks.inference import Graph, cached_graph_path
 from sdlite.manifest import Manifest
 
 from conftest import ROOT, run
