@@ -80,18 +80,18 @@ def agreement(folder: Path, precision: str, tile: int | None, side: int | None =
     float32 = sdlite.Codec.load(folder, precision="fp32", max_memory=1 << 50)
     photo = picture(side) if side or not KODAK.is_file() else Image.open(KODAK).convert("RGB")
     pixels = images.to_array(photo, 8)
-    latent = whole.run_encoder(pixels)
-    reference = whole.run_decoder(latent)
+    latent = whole.networks.run_encoder(pixels)
+    reference = whole.networks.run_decoder(latent)
     factor = tiled.manifest.downsampling_factor
     grid = latent.shape[2:]
-    tilings = {role: tiled.tiling(role, *grid) for role in ("decoder", "encoder")}
+    tilings = {role: tiled.networks.tiling(role, *grid) for role in ("decoder", "encoder")}
     if None in tilings.values():
         raise sdlite.SdliteError(f"a {photo.width}x{photo.height} picture runs whole within the budget: give --tile")
     cases = {  # role: input, codec's tiled run, tiles alone, judged as, the whole float32 run judged so
-        "decoder": (latent, tiled.run_decoder, lambda z: run_tiled(tiled.decoder, z, tilings["decoder"], 1, factor),
-                    lambda x: x, lambda: float32.run_decoder(latent)),
-        "encoder": (pixels, tiled.run_encoder, lambda x: run_tiled(tiled.encoder, x, tilings["encoder"], factor, 1),
-                    whole.run_decoder, lambda: whole.run_decoder(float32.run_encoder(pixels))),
+        "decoder": (latent, tiled.networks.run_decoder, lambda z: run_tiled(tiled.networks.decoder, z, tilings["decoder"], 1, factor),
+                    lambda x: x, lambda: float32.networks.run_decoder(latent)),
+        "encoder": (pixels, tiled.networks.run_encoder, lambda x: run_tiled(tiled.networks.encoder, x, tilings["encoder"], factor, 1),
+                    whole.networks.run_decoder, lambda: whole.networks.run_decoder(float32.networks.run_encoder(pixels))),
     }
     parts = []
     for role, (array, codec_run, alone_run, judged, float32_run) in cases.items():
@@ -101,7 +101,7 @@ def agreement(folder: Path, precision: str, tile: int | None, side: int | None =
             started = time.perf_counter()
             output = run(array)
             figures.append(f"{psnr(judged(output), reference):.2f} dB in {time.perf_counter() - started:.1f} s")
-            if run is codec_run and tiled.precision_of(role) != "fp32":
+            if run is codec_run and tiled.networks.precision_of(role) != "fp32":
                 float32_output = float32_run()
                 figures[-1] += (f" (against float32 whole: tiled {psnr(judged(output), float32_output):.2f} dB, "
                                 f"whole {psnr(reference, float32_output):.2f} dB)")

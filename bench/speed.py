@@ -205,8 +205,8 @@ def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path, kodak: b
             if model == "sd1":
                 engines += [("torch", "fp32"), ("diffusers", "fp32")]
             for picture, pixels in pictures(kodak).items():
-                latent = reference.run_encoder(pixels)
-                fp32_picture = reference.run_decoder(latent)
+                latent = reference.networks.run_encoder(pixels)
+                fp32_picture = reference.networks.run_decoder(latent)
                 inputs = {"encoder": pixels, "decoder": latent}
                 for role in ("encoder", "decoder"):
                     np.save(scratch / f"{role}.npy", inputs[role])
@@ -221,7 +221,7 @@ def main(sd1: Path | None, taef2: Path | None, repeats: int, out: Path, kodak: b
                             continue
                         decoded = np.load(scratch / "out.npy")
                         if role == "encoder":  # the encoder's quality shows in the picture it decodes to
-                            decoded = reference.run_decoder(decoded)
+                            decoded = reference.networks.run_decoder(decoded)
                         case.result.update(gflop=work / 1e9, psnr=psnr(decoded, fp32_picture))
                         rows.append(case)
                         print(row_text(case, peak), file=sys.stderr, flush=True)

@@ -205,7 +205,7 @@ def output_names(inputs: list[str], output: Optional[str], suffix: str) -> list[
 
 def refuse_terminal(outputs: list[str], force: bool) -> None:
     """Binary data on a terminal is garbage that can upset it (gzip refuses it too, unless forced)."""
-    if STDIO in outputs and not force and sys.stdout.isatty():
+    if STDIO in outputs and not force and sys.stdout is not None and sys.stdout.isatty():
         raise usage_error("will not write binary data to a terminal: redirect the output, give -o FILE, "
                           "or use --force")
 
@@ -343,8 +343,9 @@ def encode(
                                        help="Largest file size, e.g. 5KB, 12000, 1.5MB (KB = 1000 bytes, KiB = 1024)."),
     bpp: Optional[float] = typer.Option(None, "--bpp", metavar="BPP", help="Largest size in bits per pixel, e.g. 0.1."),
     method: Optional[str] = typer.Option(None, "--method", metavar="METHOD",
-                                         help=f"Coding method: {', '.join(methods.NAMES)} (default: learned where "
-                                              f"the model has a trained latent codec, else predictive)."),
+                                         help=f"Coding method: {', '.join(methods.NAMES)} (default "
+                                              f"{methods.DEFAULT_METHOD}; learned needs a model with a trained "
+                                              f"latent codec)."),
     model: Optional[str] = ModelOption,
     device: str = DeviceOption,
     precision: str = PrecisionOption,
@@ -505,7 +506,7 @@ def models() -> None:
                    f"1/{manifest.downsampling_factor}, from {manifest.source}")
         typer.echo(f"  precisions: {precision_summary(manifest)}")
         typer.echo(f"  methods: {', '.join(n for n, m in methods.NAMES.items() if m.available_for(manifest))} "
-                   f"(default {methods.default_for(manifest)})")
+                   f"(default {methods.DEFAULT_METHOD})")
 
 
 def precision_summary(manifest) -> str:

@@ -76,7 +76,7 @@ class Codec:
         """A coding method bound to this model, by name or by the id a file carries (default: the best
         the model has)."""
         cls = methods.by_id(method_id) if method_id is not None else methods.by_name(
-            name or methods.default_for(self.manifest))
+            name or methods.DEFAULT_METHOD)
         with self._lock:
             if cls.id not in self._methods:
                 if not cls.available_for(self.manifest):
@@ -119,11 +119,13 @@ class Codec:
             quality, fallback = self._quality_within(latent, width, height, coder, size)
         search = coder.effort_search(latent, quality)
 
-        def file_of(variable: np.ndarray) -> bytes:
-            return self._file(search.encode(variable), latent.shape, width, height, quality, coder)
+        def file_of(variable: np.ndarray, width: int = width, height: int = height) -> bytes:
+            """The file of a whole variable, or of a tile of a latent (the search's tiles are coded alone)."""
+            shape = latent.shape if variable.shape == search.start.shape else variable.shape
+            return self._file(search.encode(variable), shape, width, height, quality, coder)
 
-        found = file_of(effort_levels.refine(self.networks, search, pixels, iterations, lambda v: len(file_of(v)),
-                                             progress))
+        found = file_of(effort_levels.refine(self.networks, search, pixels, iterations,
+                                             lambda v, w, h: len(file_of(v, w, h)), progress))
         return fallback if fallback is not None and len(found) > size else found
 
     def encode_latent(self, picture) -> np.ndarray:

@@ -35,6 +35,7 @@ RATE_SLOPE = 1.0
 SMOOTHING = 0.5  # pseudo-count of every level, as an adaptive model starts with a count for each
 
 Progress = Callable[[int, int], None]
+CodedBytes = Callable[[np.ndarray, int, int], int]  # (variable, width, height) -> the size of its file
 
 
 def steps_for_effort(effort: int) -> int:
@@ -118,11 +119,12 @@ class LatentSearch:
 
 
 def refine(networks: Networks, search: EffortSearch, pixels: np.ndarray, iterations: int,
-           coded_bytes: Callable[[np.ndarray], int], progress: Progress | None = None) -> np.ndarray:
+           coded_bytes: CodedBytes, progress: Progress | None = None) -> np.ndarray:
     """The variable of `search` that, quantized, decodes closer to `pixels` than where it started for
-    about the same size (`coded_bytes`: the size of the file a whole variable gives). A large picture is
-    searched tile by tile, so the gradient graph's memory stays bounded; each tile keeps the cells
-    nearer its centre than its neighbours'."""
+    about the same size (`coded_bytes`: the size of the file a variable gives, alone). A large picture
+    is searched tile by tile, so the gradient graph's memory stays bounded; each tile keeps the cells
+    nearer its centre than its neighbours'. A method's own code (a learned method's) is searched whole:
+    its hyperprior is the whole picture's."""
     gradient = networks.gradient_graph(search.gradient)
     ratio = search.cell_latent_cells
     factor = networks.manifest.downsampling_factor * ratio
@@ -130,7 +132,7 @@ def refine(networks: Networks, search: EffortSearch, pixels: np.ndarray, iterati
     target = np.pad(pixels, ((0, 0), (0, 0), (0, cells[0] * factor - pixels.shape[2]),
                              (0, cells[1] * factor - pixels.shape[3])), mode="edge")
     latent_tiling = networks.tiling("decoder_vjp", cells[0] * ratio, cells[1] * ratio)
-    if latent_tiling is None:
+    if latent_tiling is None or ratio != 1:
         return _refine_region(gradient, search, search.start, target, iterations, coded_bytes, progress)
     tiles = cut(*cells, Tiling(max(4, latent_tiling.tile // ratio), latent_tiling.overlap // ratio))
     refined = search.start.copy()
@@ -139,20 +141,15 @@ def refine(networks: Networks, search: EffortSearch, pixels: np.ndarray, iterati
             if progress is not None:
                 progress(before + done, len(tiles) * iterations)
 
-        def tile_bytes(candidate: np.ndarray, tile=tile) -> int:  # the tile in the variable found so far
-            whole = refined.copy()
-            tile.of(whole, 1)[:] = candidate
-            return coded_bytes(whole)
-
         found = _refine_region(gradient, search, tile.of(search.start, 1), tile.of(target, factor), iterations,
-                               tile_bytes, tile_progress)
+                               coded_bytes, tile_progress)
         top, bottom, left, right = tile.owned
         tile.of(refined, 1)[:, top:bottom, left:right] = found[:, top:bottom, left:right]
     return refined
 
 
 def _refine_region(gradient: Graph, search: EffortSearch, start: np.ndarray, target: np.ndarray, iterations: int,
-                   coded_bytes: Callable[[np.ndarray], int], progress: Progress | None) -> np.ndarray:
+                   coded_bytes: CodedBytes, progress: Progress | None) -> np.ndarray:
     """The search over one region and the pixels it covers: its best, or where it started when that is
     better. Both are coded for real (an entropy pass, no network): effort never does worse than effort
     0 on the objective it optimises, whatever the rate estimate's error."""
@@ -160,6 +157,6 @@ def _refine_region(gradient: Graph, search: EffortSearch, start: np.ndarray, tar
     found = LatentSearch(gradient, target, search.quantize, search.steps, pixels).run(start, iterations, progress)
 
     def objective(candidate: tuple[np.ndarray, float]) -> float:
-        return candidate[1] + found.rate_weight * 8 * coded_bytes(candidate[0]) / pixels
+        return candidate[1] + found.rate_weight * 8 * coded_bytes(candidate[0], target.shape[3], target.shape[2]) / pixels
 
     return min([(found.latent, found.distortion), (start, found.start_distortion)], key=objective)[0]

@@ -66,7 +66,7 @@ def test_a_file_decodes_to_the_same_latent_on_every_provider_and_thread_count(co
     # The latent is made from integers and one float32 multiply, without any onnxruntime session.
     fresh = sdlite.Codec.load(tiny_model)
     fresh.decode_latent(data)
-    assert fresh._graphs == {}
+    assert fresh.networks._graphs == {}
 
 
 def test_the_decoded_latent_is_exactly_the_stored_levels_times_the_step(codec_plain):
@@ -98,4 +98,4 @@ def test_one_codec_shared_by_threads_gives_the_serial_results(tiny_model):
         decoded = list(pool.map(lambda data: np.asarray(shared.decode(data)), files))
     assert files == serial_files * 2
     assert all(np.array_equal(a, b) for a, b in zip(decoded, serial_images * 2))
-    assert len(shared._graphs) == 2
+    assert len(shared.networks._graphs) == 2

@@ -106,7 +106,7 @@ def test_effort_with_rate_control_stays_within_the_budget(tiny_model):
     codec = sdlite.Codec.load(tiny_model)
     budget = len(codec.encode(photo(64, 48), quality=50))
     assert len(codec.encode(photo(64, 48), size=budget, effort=1)) <= budget
-    with pytest.raises(sdlite.SdliteError, match="not palette"):
+    with pytest.raises(sdlite.SdliteError, match="not available with the palette method"):
         codec.encode(photo(64, 48), method="palette", effort=1)
 
 

@@ -113,7 +113,7 @@ def test_the_user_gets_one_line_per_hostile_file(tiny_model, tmp_path):
             refused.append(tmp_path / f"hostile-{len(refused):02d}.sdc")
             refused[-1].write_bytes(data)
     sdlite_cli = [sys.executable, "-m", "sdlite.cli"]
-    decode = run(*sdlite_cli, "decode", *map(str, refused), "-o", str(tmp_path / "out"), "--model", str(tiny_model),
+    decode = run(*sdlite_cli, "decode", *map(str, refused), "-o", f"{tmp_path / 'out'}/", "--model", str(tiny_model),
                  "--max-pixels", str(FUZZ_MAX_PIXELS))
     info = run(*sdlite_cli, "info", *map(str, refused))
     for result in (decode, info):

@@ -128,7 +128,7 @@ def test_a_model_folder_cannot_read_the_working_directory(model_copy, tmp_path, 
     edit_manifest(model_copy, decoder__sha256=hashlib.sha256(data).hexdigest(), decoder__segments=None,
                   variants=[])
     with pytest.raises(sdlite.SdliteError, match="decoder.onnx: it keeps tensor data in other files"):
-        sdlite.Codec.load(model_copy, precision="fp32").decoder
+        sdlite.Codec.load(model_copy, precision="fp32").networks.decoder
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
@@ -396,4 +396,4 @@ def test_a_broken_model_is_reported_for_itself_only(tiny_model, tmp_path, sdc_fi
 def test_a_graph_name_too_long_for_the_file_system_is_one_clear_error(model_copy):  # noqa: F811
     edit_manifest(model_copy, decoder__file="x" * 5000)
     with pytest.raises(sdlite.SdliteError, match="graph path 'x+' is invalid"):
-        sdlite.Codec.load(model_copy, precision="fp32").decoder
+        sdlite.Codec.load(model_copy, precision="fp32").networks.decoder

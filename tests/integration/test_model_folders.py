@@ -77,7 +77,7 @@ def test_a_graph_that_references_external_data_cannot_read_other_files(model_cop
     (model_copy / "decoder.onnx").write_bytes(data)
     edit_manifest(model_copy, decoder__sha256=hashlib.sha256(data).hexdigest())
     with pytest.raises(sdlite.SdliteError, match="cannot load .*decoder.onnx"):
-        sdlite.Codec.load(model_copy, precision="fp32").decoder
+        sdlite.Codec.load(model_copy, precision="fp32").networks.decoder
 
 
 HOSTILE_MANIFESTS = {

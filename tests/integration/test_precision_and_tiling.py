@@ -30,9 +30,9 @@ def test_the_picture_s_own_buffers_count_against_the_budget(tiny_model):
     memory = MemoryModel(*manifest.decoder.memory)
     cells, pixels = 32 * 32, 256 * 256
     network_only = int(memory.peak(cells)) + 1
-    assert sdlite.Codec.load(tiny_model, precision="fp32", max_memory=network_only).tiling("decoder", 32, 32)
+    assert sdlite.Codec.load(tiny_model, precision="fp32", max_memory=network_only).networks.tiling("decoder", 32, 32)
     beside = network_only + PICTURE_BYTES_PER_PIXEL * pixels
-    assert sdlite.Codec.load(tiny_model, precision="fp32", max_memory=beside).tiling("decoder", 32, 32) is None
+    assert sdlite.Codec.load(tiny_model, precision="fp32", max_memory=beside).networks.tiling("decoder", 32, 32) is None
 
 
 def test_the_manifest_records_memory_and_time_for_every_graph(tiny_model):
@@ -48,11 +48,11 @@ def test_a_tiled_codec_agrees_with_the_whole_picture(tae_model):
     whole = sdlite.Codec.load(tae_model, precision="fp32")
     tiled = sdlite.Codec.load(tae_model, precision="fp32", tile=32)
     pixels = images.to_array(photo(400, 300), 8)  # a latent of 50 x 38 cells: 2 x 2 tiles
-    assert whole.tiling("decoder", 38, 50) is None and tiled.tiling("decoder", 38, 50) == Tiling(32, 8)
-    latent = whole.run_encoder(pixels)
-    reference = whole.run_decoder(latent)
-    assert psnr_of(tiled.run_decoder(latent), reference) > 40
-    assert psnr_of(whole.run_decoder(tiled.run_encoder(pixels)), reference) > 40
+    assert whole.networks.tiling("decoder", 38, 50) is None and tiled.networks.tiling("decoder", 38, 50) == Tiling(32, 8)
+    latent = whole.networks.run_encoder(pixels)
+    reference = whole.networks.run_decoder(latent)
+    assert psnr_of(tiled.networks.run_decoder(latent), reference) > 40
+    assert psnr_of(whole.networks.run_decoder(tiled.networks.run_encoder(pixels)), reference) > 40
     data = tiled.encode(photo(400, 300))
     assert tiled.decode(data).size == (400, 300)
 
@@ -181,8 +181,8 @@ def test_unknown_or_missing_precisions_are_refused(tiny_model, other_model):
     with pytest.raises(sdlite.SdliteError, match="unknown precision"):
         sdlite.Codec.load(tiny_model, precision="int4")
     with pytest.raises(sdlite.SdliteError, match="has no int8 variant"):
-        sdlite.Codec.load(other_model, precision="int8").decoder
-    assert sdlite.Codec.load(other_model, precision="auto").precision_of("decoder") == "fp32"
+        sdlite.Codec.load(other_model, precision="int8").networks.decoder
+    assert sdlite.Codec.load(other_model, precision="auto").networks.precision_of("decoder") == "fp32"
 
 
 def test_fp16_keeps_overflowing_nodes_in_float32(tmp_path):
@@ -281,8 +281,8 @@ def test_cuda_that_cannot_start_is_an_error_not_a_silent_cpu_run(tiny_model, mon
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, "CPUExecutionProvider"])
     pixels = images.to_array(photo(64, 48), 8)
     with pytest.raises(sdlite.SdliteError, match="could not start CUDA"):
-        sdlite.Codec.load(tiny_model, device="cuda", precision="fp32").run_encoder(pixels)
-    assert sdlite.Codec.load(tiny_model, device="auto", precision="fp32").run_encoder(pixels).shape[1] == 4
+        sdlite.Codec.load(tiny_model, device="cuda", precision="fp32").networks.run_encoder(pixels)
+    assert sdlite.Codec.load(tiny_model, device="auto", precision="fp32").networks.run_encoder(pixels).shape[1] == 4
     assert capsys.readouterr().out == ""
 
 
