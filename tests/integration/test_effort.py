@@ -164,10 +164,10 @@ def test_a_large_picture_is_searched_tile_by_tile(model, request):
     image = photo(64, 48)
     pixels = images.to_array(image, 8)
     calls = []
-    searched = codec.encode(image, quality=60, effort=1, progress=lambda done, total: calls.append((done, total)))
+    searched = codec.encode(image, quality=90, effort=1, progress=lambda done, total: calls.append((done, total)))
     steps = effort.EFFORT_STEPS[1]
     assert calls == [(i, 6 * steps) for i in range(1, 6 * steps + 1)]
-    plain = codec.encode(image, quality=60)
+    plain = codec.encode(image, quality=90)
     assert searched != plain
     whole = sdlite.Codec.load(model, precision="fp32")
     assert distortion_and_levels(whole, searched, pixels)[0] < distortion_and_levels(whole, plain, pixels)[0]

@@ -17,7 +17,6 @@ import pytest
 
 import sdlite
 from sdlite.methods import METHODS
-from sdlite.methods import quantizer
 from sdlite.container import SdcFile
 from sdlite.methods.uniform import AdaptiveCategorical
 
@@ -41,7 +40,7 @@ def real_decode(codec, data: bytes) -> tuple[np.ndarray, np.ndarray]:
     codec.check_compatible(sdc)
     levels = AdaptiveCategorical.from_bytes(sdc.model_params, sdc.latent_shape).decompress(
         sdc.payload, sdc.latent_shape)
-    return levels, quantizer.dequantize(levels, sdc.step)
+    return levels, codec.decode_latent(sdc)  # the method's dequantization, with its checks
 
 
 def outcome(decode, data: bytes):
